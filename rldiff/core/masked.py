@@ -1,0 +1,224 @@
+"""Masked (absorbing-state) discrete diffusion policy with exact log-probabilities (MDLM).
+
+Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models". Tokens are in
+{0, ..., V-1}; the mask token is V. States are carried as one-hot tensors [B, L, V+1] (the mask
+is the last channel) so that the same code runs hard sampling and straight-through
+Gumbel-softmax sampling for direct backprop.
+
+Reverse step t -> s (s < t) for a position still masked at t (unmasked positions carry over):
+    stays masked        with probability (1 - alpha_s) / (1 - alpha_t)
+    becomes token v     with probability (alpha_s - alpha_t) / (1 - alpha_t) * p_theta(v | x_t)
+The per-step KL to a reference is sum over masked i of
+    (alpha_s - alpha_t) / (1 - alpha_t) * KL(p_theta(.|x_t)_i || p_ref(.|x_t)_i)
+(the stay-masked branch is shared and contributes nothing; unmasked positions contribute exactly 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+#: (x_t one-hot [B, L, V+1] float, t [B] float in (0, 1], cond) -> logits over tokens [B, L, V].
+MaskedDenoiser = Callable[[Tensor, Tensor, Any], Tensor]
+
+
+class LogLinearSchedule:
+    """alpha(t) = 1 - (1 - eps) t: the probability that a token is still unmasked at time t."""
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        self.eps = eps
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        return 1 - (1 - self.eps) * torch.as_tensor(t, dtype=torch.float64)
+
+    def elbo_weight(self, t: Tensor) -> Tensor:
+        """-alpha'(t) / (1 - alpha(t)), the continuous-time NELBO weight (= 1/t here)."""
+        return (1 - self.eps) / (1 - self.alpha(t))
+
+
+@dataclass
+class MaskedStep:
+    """One reverse step of a masked policy."""
+
+    x_prev: Tensor  # [B, L, V+1] one-hot next state (straight-through in Gumbel mode)
+    log_prob: Tensor | None  # [B] log-prob of the transition, summed over masked positions
+    probs: Tensor  # [B, L, V] p_theta(x0 | x_t) (carry-over: one-hot at unmasked positions)
+    log_probs0: Tensor  # [B, L, V] log p_theta(x0 | x_t)
+    masked: Tensor  # [B, L] float, 1 where x_t is masked
+    c_unmask: Tensor  # [] (alpha_s - alpha_t) / (1 - alpha_t)
+
+
+class MaskedPolicy:
+    """Absorbing-state diffusion sampler over sequences of length L with vocabulary V.
+
+    Args:
+        denoiser: trainable network mapping one-hot x_t to token logits.
+        vocab_size: V (the mask token is index V).
+        seq_len: L.
+        num_steps: T, uniform time grid t_i = 1 - i/T, s_i = 1 - (i+1)/T.
+        schedule: the noise schedule (log-linear by default).
+        reference: frozen pre-trained denoiser (a view; None = the policy is its own reference).
+        gradient_checkpointing: recompute denoiser activations during backward.
+        condition_dim: size of `cond["class_emb"]` the denoiser accepts (CTRL's adapter); None if not.
+    """
+
+    def __init__(
+        self,
+        denoiser: MaskedDenoiser,
+        vocab_size: int,
+        seq_len: int,
+        num_steps: int,
+        *,
+        schedule: LogLinearSchedule | None = None,
+        reference: MaskedDenoiser | None = None,
+        gradient_checkpointing: bool = False,
+        condition_dim: int | None = None,
+    ) -> None:
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.denoiser = denoiser
+        self.reference = reference
+        self.vocab_size = vocab_size
+        self.mask_id = vocab_size
+        self.seq_len = seq_len
+        self.schedule = schedule or LogLinearSchedule()
+        self.gradient_checkpointing = gradient_checkpointing
+        self.condition_dim = condition_dim
+        t = 1 - torch.arange(num_steps, dtype=torch.float64) / num_steps  # [T]
+        s = 1 - torch.arange(1, num_steps + 1, dtype=torch.float64) / num_steps  # [T]
+        self.times = t.float()
+        a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
+        self.c_unmask = ((a_s - a_t) / (1 - a_t)).float()  # [T]
+        self.c_stay = ((1 - a_s) / (1 - a_t)).float()  # [T]; exactly 0 at the last step
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.times)
+
+    # ------------------------------------------------------------------ encodings
+    def one_hot(self, tokens: Tensor) -> Tensor:
+        """[B, L] long (mask = V) -> [B, L, V+1] float."""
+        return F.one_hot(tokens, self.vocab_size + 1).float()
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """[B, L, V+1] one-hot -> [B, L] long."""
+        return x.argmax(-1)
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
+        """All-mask state [B, L, V+1]."""
+        tok = torch.full((batch_size, self.seq_len), self.mask_id, dtype=torch.long, device=device)
+        return self.one_hot(tok)
+
+    # ------------------------------------------------------------------ model calls
+    def denoise(self, x_t: Tensor, t: Tensor, cond: Any, *, reference: bool = False) -> Tensor:
+        """log p_theta(x0 | x_t) [B, L, V] with carry-over unmasking (SUBS parameterization)."""
+        net = self.reference if reference and self.reference is not None else self.denoiser
+        if reference and isinstance(cond, dict) and "class_emb" in cond:
+            cond = {k: v for k, v in cond.items() if k != "class_emb"}  # the reference never sees y
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            logits = checkpoint(net, x_t, t, cond, use_reentrant=False)
+        else:
+            logits = net(x_t, t, cond)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # zero mass on the mask by construction
+        masked = x_t[..., self.mask_id : self.mask_id + 1]  # [B, L, 1]
+        # unmasked positions carry over: p(x0 = x_t) = 1 there (log 0 -> large negative, kept finite)
+        carry = torch.log(x_t[..., : self.vocab_size].clamp(min=1e-30))
+        return masked * logp + (1 - masked) * carry
+
+    # ------------------------------------------------------------------ the step
+    def step(
+        self,
+        x_t: Tensor,
+        i: int,
+        cond: Any = None,
+        *,
+        prev: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reference: bool = False,
+        gumbel: bool = False,
+        tau: float = 1.0,
+        log_prob: bool = True,
+    ) -> MaskedStep:
+        """One reverse step t_i -> s_i.
+
+        Args:
+            x_t: [B, L, V+1] one-hot current state.
+            i: step index in [0, T).
+            prev: a given next state (one-hot) to score instead of sampling.
+            gumbel: straight-through Gumbel-softmax sampling (hard one-hot forward, soft gradient
+                backward through the unmask branch) for direct backprop.
+            tau: Gumbel-softmax temperature.
+            log_prob: also return the log-probability of the transition.
+
+        Returns:
+            MaskedStep (x_prev [B, L, V+1], log_prob [B], probs [B, L, V], masked [B, L], c_unmask).
+        """
+        B = x_t.shape[0]
+        t = self.times[i].expand(B).to(x_t.device)
+        logp0 = self.denoise(x_t, t, cond, reference=reference)  # [B, L, V]
+        c_u, c_s = self.c_unmask[i].to(x_t.device), self.c_stay[i].to(x_t.device)
+        masked = x_t[..., self.mask_id].detach()  # [B, L]
+        # transition log-probabilities over V tokens + "stay masked"
+        log_q = torch.cat([logp0 + torch.log(c_u), torch.log(c_s).expand(*logp0.shape[:-1], 1)], dim=-1)  # [B, L, V+1]
+        if prev is None:
+            u = torch.rand(log_q.shape, generator=generator, device=x_t.device).clamp_(1e-20, 1 - 1e-7)
+            g = -torch.log(-torch.log(u))  # Gumbel(0, 1)
+            hard = F.one_hot((log_q.detach() + g).argmax(-1), self.vocab_size + 1).to(x_t.dtype)
+            if gumbel:
+                soft = torch.softmax((log_q + g) / tau, dim=-1)
+                sampled = hard - soft.detach() + soft  # straight-through
+            else:
+                sampled = hard
+            m = masked.unsqueeze(-1)
+            prev = m * sampled + (1 - m) * x_t
+        lp = None
+        if log_prob:
+            # log of the branch taken, at masked positions only (unmasked positions carry over w.p. 1)
+            taken = (prev.detach() * log_q.clamp(min=-1e4)).sum(-1)  # [B, L]
+            lp = (masked * taken).sum(-1)
+        return MaskedStep(x_prev=prev, log_prob=lp, probs=logp0.exp(), log_probs0=logp0, masked=masked, c_unmask=c_u)
+
+    def kl(self, step: MaskedStep, ref: MaskedStep) -> Tensor:
+        """Exact per-step KL on masked positions (see module docstring).
+
+        Returns:
+            [B] KL values.
+        """
+        kl_pos = (step.probs * (step.log_probs0 - ref.log_probs0)).sum(-1)  # [B, L]
+        return step.c_unmask * (step.masked * kl_pos).sum(-1)
+
+    # ------------------------------------------------------------------ likelihood
+    @torch.no_grad()
+    def elbo(self, tokens: Tensor, cond: Any = None, *, num_samples: int = 16,
+             generator: torch.Generator | None = None, reference: bool = False) -> Tensor:
+        """MDLM continuous-time ELBO (a lower bound on log p(x0), in nats), Monte Carlo over t.
+
+        Uses stratified times t_j = (j + u) / num_samples so the estimate has low variance.
+
+        Args:
+            tokens: [B, L] long clean sequences.
+            num_samples: Monte Carlo samples of t per sequence.
+
+        Returns:
+            [B] ELBO values (higher is better).
+        """
+        B, L = tokens.shape
+        x0 = self.one_hot(tokens)
+        total = torch.zeros(B, dtype=torch.float64, device=tokens.device)
+        u = torch.rand(B, generator=generator, device=tokens.device)
+        for j in range(num_samples):
+            t = ((j + u) / num_samples).clamp(min=1e-4)  # [B]
+            keep = self.schedule.alpha(t).float().to(tokens.device)  # [B]
+            is_masked = torch.rand(B, L, generator=generator, device=tokens.device) >= keep[:, None]
+            xt = torch.where(is_masked, torch.full_like(tokens, self.mask_id), tokens)
+            logp0 = self.denoise(self.one_hot(xt), t, cond, reference=reference)
+            ll = (logp0 * x0[..., : self.vocab_size]).sum(-1)  # [B, L]
+            w = self.schedule.elbo_weight(t).to(tokens.device)  # [B]
+            total += w * (is_masked.double() * ll.double()).sum(-1)
+        return (total / num_samples).float()
