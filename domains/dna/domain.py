@@ -1,0 +1,233 @@
+"""The DNA domain: a pre-trained masked-diffusion model of cell-type-specific DNase peaks, LoRA
+adapters and CTRL's class-embedding adapter, a gReLU classifier p(cell line | x), a held-out
+gReLU oracle, and the evaluation of generated sequences.
+
+    domain = domains.dna.build()                      # the shipped weights, CPU-sized
+    traj = rollout(domain.policy, 8, cond={"class_emb": torch.zeros(8, domain.policy.condition_dim)})
+
+Satisfies `rldiff.train.protocol.RLDomain`.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from domains.dna.data import CELL_LINES, SEQ_LEN, encode, load_dnase
+from domains.dna.evaluate import CELL_TYPE_MOTIFS, evaluate_sequences
+from domains.dna.grelu_models import GReLUClassifier, load_grelu, specificity
+from domains.dna.model import VOCAB, DNADenoiser, load_denoiser, with_lora
+from rldiff.core.masked import MaskedPolicy
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_DENOISER = WEIGHTS_DIR / "denoiser.safetensors"
+DEFAULT_CLASSIFIER = WEIGHTS_DIR / "classifier.safetensors"
+DEFAULT_ORACLE = WEIGHTS_DIR / "oracle.safetensors"
+DEFAULT_BASELINE = WEIGHTS_DIR / "pretrained_samples.txt.gz"
+
+
+class CellTypeReward(nn.Module):
+    """Differentiable cell-type-specificity reward from a (calibrated) classifier.
+
+    kind="log_prob":    r(x, y) = log p(y | x)                                 (CTRL's reward)
+    kind="specificity": r(x, y) = log p(y | x) - max_{k != y} log p(k | x)    (gReLU `Specificity`)
+
+    The target y is `cond["y"]` (LongTensor [B]) when present, else the fixed `target`.
+    Gradients flow through the one-hot x0 [B, L, 5] (the mask channel is dropped).
+    """
+
+    differentiable = True
+
+    def __init__(self, classifier: nn.Module, kind: str = "log_prob", target: int | None = None) -> None:
+        super().__init__()
+        if kind not in ("log_prob", "specificity"):
+            raise ValueError(f"unknown reward kind {kind!r}; valid: log_prob, specificity")
+        self.classifier = classifier
+        self.kind = kind
+        self.target = target
+
+    def forward(self, x0: Tensor, cond: Any = None) -> Tensor:
+        y = cond.get("y") if isinstance(cond, dict) else None
+        if y is None:
+            if self.target is None:
+                raise ValueError("CellTypeReward needs cond['y'] (LongTensor [B]) or a fixed target")
+            y = torch.full((x0.shape[0],), self.target, dtype=torch.long, device=x0.device)
+        logp = torch.log_softmax(self.classifier(x0), dim=-1)  # [B, K]
+        if self.kind == "log_prob":
+            return logp.gather(1, y.long().view(-1, 1)).squeeze(1)
+        return specificity(logp, y)
+
+
+@dataclass
+class _Baseline:
+    tokens: Tensor  # [M, L] pre-trained samples
+    elbo: float | None = None
+
+
+class DNADomain:
+    """Everything the algorithms and the trainer read for DNA (see `build` for the arguments).
+
+    Attributes:
+        policy: MaskedPolicy over ACGT (V=4, mask=4), L=200; denoiser = LoRA'd pre-trained
+            network, reference = the same network with adapters disabled; condition_dim set.
+        trainable: {"denoiser": LoRADenoiser} (only LoRA parameters require grad).
+        sample_shape: None (masked policy).
+        reward: CellTypeReward on the classifier.
+        classifier: GReLUClassifier, calibrated logits [B, 4].
+        oracle: held-out GReLUClassifier (evaluation only).
+        num_labels: 4 (CELL_LINES order).
+    """
+
+    sample_shape = None
+
+    def __init__(self, denoiser: DNADenoiser, classifier: GReLUClassifier, oracle: GReLUClassifier | None, *,
+                 num_steps: int = 50, lora_rank: int = 8, lora_alpha: float = 16.0,
+                 reward_kind: str = "log_prob", target: str | None = None,
+                 baseline_tokens: Tensor | None = None, eval_real_per_class: int = 2000,
+                 elbo_samples: int = 8, gradient_checkpointing: bool = False) -> None:
+        self.label_names = tuple(classifier.label_names)
+        self.num_labels = len(self.label_names)
+        if target is not None and target not in self.label_names:
+            raise ValueError(f"target {target!r} is not a cell line; valid: {list(self.label_names)}")
+        self.target = None if target is None else self.label_names.index(target)
+        adapted, reference = with_lora(denoiser, rank=lora_rank, alpha=lora_alpha)
+        self.denoiser = adapted
+        self.policy = MaskedPolicy(adapted, VOCAB, SEQ_LEN, num_steps, reference=reference,
+                                   gradient_checkpointing=gradient_checkpointing,
+                                   condition_dim=adapted.condition_dim)
+        self.trainable = {"denoiser": adapted}
+        for p in classifier.parameters():
+            p.requires_grad_(False)
+        self.classifier = classifier.eval()
+        self.oracle = oracle.eval() if oracle is not None else None
+        self.reward = CellTypeReward(self.classifier, reward_kind, self.target)
+        self.elbo_samples = elbo_samples
+        self.eval_real_per_class = eval_real_per_class
+        self._baseline = _Baseline(baseline_tokens) if baseline_tokens is not None else None
+        self._real: dict[int, Tensor] | None = None
+
+    # ------------------------------------------------------------------ RLDomain
+    def sample_cond(self, num: int, generator: torch.Generator) -> dict[str, Any] | None:
+        """None (the pre-trained model is unconditional), or {"y": target} when a fixed target is set."""
+        if self.target is None:
+            return None
+        return {"y": torch.full((num,), self.target, dtype=torch.long)}
+
+    def evaluate(self, samples: dict[str, Any], out_dir: Path) -> dict[str, float]:
+        """Metrics of `samples = {"x0": [N, L, 5] or tokens [N, L], "y": LongTensor [N]}`; see
+        `domains.dna.evaluate.evaluate_sequences`. Without "y", every sample counts as requested
+        for the domain's fixed target (or for class 0 if there is none)."""
+        x0 = samples["x0"]
+        y = samples.get("y")
+        if y is None:
+            y = torch.full((len(x0),), self.target or 0, dtype=torch.long)
+        baseline = self.baseline()
+        return evaluate_sequences(
+            x0.detach().cpu(), y, out_dir, oracle=self.oracle, classifier=self.classifier,
+            real_tokens=self.real_tokens(), baseline_tokens=baseline.tokens,
+            elbo_fn=self.pretrained_elbo, baseline_elbo=self._baseline_elbo(),
+            label_names=self.label_names, motif_tfs=CELL_TYPE_MOTIFS)
+
+    # ------------------------------------------------------------------ helpers
+    @torch.no_grad()
+    def pretrained_elbo(self, tokens: Tensor) -> Tensor:
+        """MDLM ELBO [N] of tokens under the pre-trained model (adapters off), fixed seed."""
+        g = torch.Generator().manual_seed(0)
+        return self.policy.elbo(tokens.long(), num_samples=self.elbo_samples, generator=g, reference=True)
+
+    @torch.no_grad()
+    def sample_pretrained(self, num: int, generator: torch.Generator | None = None, batch_size: int = 128) -> Tensor:
+        """Unconditional samples of the pre-trained model (reference view), tokens [num, L]."""
+        ref = MaskedPolicy(self.policy.reference, VOCAB, SEQ_LEN, self.policy.num_steps)
+        from rldiff.core.rollout import rollout
+
+        out = []
+        for s in range(0, num, batch_size):
+            traj = rollout(ref, min(batch_size, num - s), generator=generator, keep_states=False)
+            out.append(ref.tokens(traj.x0))
+        return torch.cat(out)
+
+    def baseline(self) -> _Baseline:
+        """Pre-trained samples for motif enrichment (shipped file, or drawn once and cached)."""
+        if self._baseline is None:
+            self._baseline = _Baseline(self.sample_pretrained(512, torch.Generator().manual_seed(0)))
+        return self._baseline
+
+    def _baseline_elbo(self) -> float:
+        b = self.baseline()
+        if b.elbo is None:
+            b.elbo = float(torch.cat([self.pretrained_elbo(b.tokens[i : i + 256])
+                                      for i in range(0, len(b.tokens), 256)]).mean())
+        return b.elbo
+
+    def real_tokens(self) -> dict[int, Tensor]:
+        """Real training sequences per cell line (for the k-mer correlation)."""
+        if self._real is None:
+            train = load_dnase("train")
+            self._real = {}
+            for k in range(self.num_labels):
+                idx = (train.labels == k).nonzero().flatten()[: self.eval_real_per_class]
+                self._real[k] = train.subset(idx).tokens()
+        return self._real
+
+
+def read_baseline(path: str | Path) -> Tensor:
+    """Tokens [M, L] from a gzipped text file of sequences (one per line)."""
+    path = Path(path)
+    with gzip.open(path, "rt") as fh:
+        seqs = [line.strip() for line in fh if line.strip()]
+    return encode(seqs, source=str(path))
+
+
+def build(
+    denoiser: str = str(DEFAULT_DENOISER),
+    classifier: str = str(DEFAULT_CLASSIFIER),
+    oracle: str | None = str(DEFAULT_ORACLE),
+    num_steps: int = 50,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    reward: str = "log_prob",
+    target: str | None = None,
+    baseline_samples: str | None = str(DEFAULT_BASELINE),
+    eval_real_per_class: int = 2000,
+    elbo_samples: int = 8,
+    gradient_checkpointing: bool = False,
+    threads: int | None = None,
+) -> DNADomain:
+    """Build the DNA domain from saved weights (recipe entry: `_component_: domains.dna.build`).
+
+    Args:
+        denoiser: pre-trained denoiser safetensors (`domains.dna.model.save_denoiser`).
+        classifier: CTRL classifier safetensors (`domains.dna.grelu_models.save_grelu`).
+        oracle: held-out oracle safetensors, or null for no oracle metrics.
+        num_steps: sampling steps T (200 positions are unmasked over T steps).
+        lora_rank, lora_alpha: LoRA on the denoiser's residual blocks.
+        reward: "log_prob" (log p(y | x)) or "specificity" (log p(y|x) - max off-target).
+        target: a fixed cell line for single-target rewards (DDPO, reward backprop); null = the
+            algorithm supplies `y`.
+        baseline_samples: pre-trained samples (gzipped text) for motif enrichment; null = draw
+            512 at the first evaluation.
+        eval_real_per_class: real sequences per cell line for the k-mer correlation.
+        elbo_samples: Monte Carlo times per sequence for the ELBO.
+        gradient_checkpointing: recompute denoiser activations in backward.
+        threads: torch intra-op threads (1 avoids oversubscription on a shared CPU); null = leave.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    clf = load_grelu(classifier)
+    if not isinstance(clf, GReLUClassifier):
+        raise ValueError(f"{classifier}: a regression model, but the CTRL classifier must be a classifier")
+    orc = load_grelu(oracle) if oracle else None
+    base = read_baseline(baseline_samples) if baseline_samples and Path(baseline_samples).is_file() else None
+    return DNADomain(load_denoiser(denoiser), clf, orc, num_steps=num_steps, lora_rank=lora_rank,
+                     lora_alpha=lora_alpha, reward_kind=reward, target=target, baseline_tokens=base,
+                     eval_real_per_class=eval_real_per_class, elbo_samples=elbo_samples,
+                     gradient_checkpointing=gradient_checkpointing)
+
+
+__all__ = ["CELL_LINES", "CellTypeReward", "DNADomain", "build", "read_baseline"]
