@@ -74,15 +74,16 @@ class MetricsLogger:
 
         Args:
             step: Updates completed.
-            metrics: Metric names to values; names without a `/` are logged to TensorBoard and
-                W&B as `train/<name>`.
+            metrics: Metric names to values; names not starting with `eval/` are logged to
+                TensorBoard and W&B as `train/<name>`.
         """
         if not self.enabled:
             return
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")
         self._file.flush()
         tagged = {
-            (name if "/" in name else f"train/{name}"): value for name, value in metrics.items()
+            (name if name.startswith("eval/") else f"train/{name}"): value
+            for name, value in metrics.items()
         }
         if self._writer is not None:
             for tag, value in tagged.items():

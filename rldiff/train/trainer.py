@@ -247,11 +247,11 @@ def train(
     if main:
         entries = read_metrics(metrics_path)
         if start == t.steps:  # resumed a finished run: report what it logged
-            final = [e for e in entries if e["step"] == t.steps]
-            train_metrics = {k: v for e in final for k, v in e.items() if "/" not in k}
-            train_metrics.pop("step", None)
+            final = {k: v for e in entries if e["step"] == t.steps for k, v in e.items()}
+            final.pop("step", None)
+            train_metrics = {k: v for k, v in final.items() if not k.startswith("eval/")}
             eval_metrics = {
-                k.removeprefix("eval/"): v for e in final for k, v in e.items() if "eval/" in k
+                k.removeprefix("eval/"): v for k, v in final.items() if k.startswith("eval/")
             }
         plots = plot_curves(entries, run_dir / PLOTS_DIR)
         write_summary(
