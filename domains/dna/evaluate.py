@@ -64,6 +64,29 @@ def _read_meme(path: str, tfs: tuple[str, ...]) -> dict[str, np.ndarray]:
     return motifs
 
 
+_GRELU_MEME = {
+    "hocomoco_v12": "H12CORE_meme_format.meme",
+    "hocomoco_v13": "H13CORE_meme_format.meme",
+    "consensus": "jaspar_2024_consensus.meme",
+}
+
+
+def meme_path(db: str = MOTIF_DB) -> Path:
+    """Path of a MEME file gReLU ships (by its gReLU name) or of a user's file.
+
+    Same names as `grelu.resources.get_meme_file_path`, resolved without importing
+    `grelu.resources` (which pulls in Lightning and W&B).
+    """
+    if db in _GRELU_MEME:
+        from importlib.resources import files
+
+        return Path(str(files("grelu") / "resources" / "meme" / _GRELU_MEME[db]))
+    path = Path(db)
+    if not path.is_file():
+        raise FileNotFoundError(f"motif file {db!r} not found; use a path or one of {sorted(_GRELU_MEME)}")
+    return path
+
+
 def load_motifs(tfs: Sequence[str] | None = None, db: str = MOTIF_DB) -> dict[str, np.ndarray]:
     """Position probability matrices [4, w] of every motif of the given TFs in a gReLU MEME file.
 
@@ -74,10 +97,8 @@ def load_motifs(tfs: Sequence[str] | None = None, db: str = MOTIF_DB) -> dict[st
             `CELL_TYPE_MOTIFS`.
         db: a gReLU MEME name ("hocomoco_v12", "hocomoco_v13", "consensus") or a path.
     """
-    from grelu.resources import get_meme_file_path
-
     tfs = tuple(sorted(set(tfs or [t for v in CELL_TYPE_MOTIFS.values() for t in v])))
-    motifs = _read_meme(str(get_meme_file_path(db)), tfs)
+    motifs = _read_meme(str(meme_path(db)), tfs)
     missing = set(tfs) - {m.split(".")[0] for m in motifs}
     if missing:
         raise ValueError(f"motif file {db!r} has no motifs for {sorted(missing)}")

@@ -1,0 +1,102 @@
+"""The DNA domain against the RLDomain contract, built from tiny saved models; the shipped weights."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+import torch
+
+from domains.dna.data import CELL_LINES
+from domains.dna.grelu_models import save_grelu
+from domains.dna.model import save_denoiser
+from rldiff.core.rollout import rollout
+from rldiff.train.protocol import RLDomain
+
+
+@pytest.fixture
+def tiny_domain(tmp_path, tiny_denoiser, tiny_classifier):
+    from domains.dna import build
+
+    save_denoiser(tiny_denoiser, tmp_path / "d.safetensors")
+    save_grelu(tiny_classifier, tmp_path / "c.safetensors")
+    torch.manual_seed(1)
+    with gzip.open(tmp_path / "base.txt.gz", "wt") as fh:
+        fh.write("\n".join("".join("ACGT"[i] for i in torch.randint(0, 4, (200,)).tolist()) for _ in range(3)))
+    return build(denoiser=str(tmp_path / "d.safetensors"), classifier=str(tmp_path / "c.safetensors"),
+                 oracle=str(tmp_path / "c.safetensors"), num_steps=4, lora_rank=2,
+                 baseline_samples=str(tmp_path / "base.txt.gz"), eval_real_per_class=50, elbo_samples=2)
+
+
+def test_contract(tiny_domain):
+    d = tiny_domain
+    assert isinstance(d, RLDomain)
+    assert d.sample_shape is None and d.num_labels == 4 and d.policy.condition_dim == 8
+    assert d.policy.vocab_size == 4 and d.policy.seq_len == 200
+    assert d.sample_cond(3, torch.Generator()) is None
+    trainable = [p for m in d.trainable.values() for p in m.parameters() if p.requires_grad]
+    assert trainable and sum(p.numel() for p in trainable) < sum(p.numel() for p in d.denoiser.parameters())
+    assert not any(p.requires_grad for p in d.classifier.parameters())
+
+
+def test_zero_class_embedding_has_zero_kl_and_rewards_are_differentiable(tiny_domain):
+    d = tiny_domain
+    emb = torch.zeros(4, d.policy.condition_dim, requires_grad=True)  # CTRL's zero-initialised adapter
+    y = torch.tensor([0, 1, 2, 3])
+    traj = rollout(d.policy, 4, cond={"class_emb": emb, "y": y}, generator=torch.Generator().manual_seed(0),
+                   grad="last_k", k=2, kl="all")
+    assert traj.kl.abs().max() == 0  # equals the pre-trained model at step 0
+    assert traj.x0[..., 4].sum() == 0
+    r = d.reward(traj.x0, traj.cond)
+    assert r.shape == (4,) and (r <= 0).all()  # log-probabilities
+    r.sum().backward()
+    assert emb.grad.abs().sum() > 0
+    lora_b = [m.lora_B.weight for m in d.denoiser.adapters()]
+    assert any(w.grad is not None and w.grad.abs().sum() > 0 for w in lora_b)
+
+
+def test_specificity_reward_and_fixed_target(tiny_domain, tiny_denoiser, tiny_classifier):
+    from domains.dna.domain import CellTypeReward
+
+    x = torch.nn.functional.one_hot(torch.randint(0, 4, (3, 200)), 5).float()
+    spec = CellTypeReward(tiny_classifier, "specificity", target=2)
+    lp = tiny_classifier.log_probs(x)
+    off = torch.cat([lp[:, :2], lp[:, 3:]], 1).max(1).values
+    assert torch.allclose(spec(x, None), lp[:, 2] - off)
+    with pytest.raises(ValueError, match="needs cond"):
+        CellTypeReward(tiny_classifier)(x, None)
+    with pytest.raises(ValueError, match="unknown reward kind"):
+        CellTypeReward(tiny_classifier, "jpeg")
+
+
+def test_evaluate_writes_outputs(tiny_domain, tmp_path):
+    d = tiny_domain
+    traj = rollout(d.policy, 4, generator=torch.Generator().manual_seed(0))
+    m = d.evaluate({"x0": traj.x0, "y": torch.tensor([0, 1, 2, 3])}, tmp_path / "eval")
+    for c in CELL_LINES:
+        assert 0.0 <= m[f"oracle_acc_{c}"] <= 1.0 and -1.0 <= m[f"kmer3_corr_{c}"] <= 1.0
+        assert f"motif_enrichment_{c}" in m
+    assert m["elbo_per_seq"] < 0 and m["elbo_ratio"] > 0
+    assert (tmp_path / "eval" / "samples.fasta").read_text().count(">") == 4
+    assert (tmp_path / "eval" / "motif_counts.png").exists()
+
+
+def test_shipped_weights_load():
+    from domains.dna.domain import DEFAULT_CLASSIFIER, DEFAULT_DENOISER, DEFAULT_ORACLE
+    from domains.dna.grelu_models import load_grelu, model_info
+    from domains.dna.model import count_parameters, load_denoiser
+
+    for p in (DEFAULT_DENOISER, DEFAULT_CLASSIFIER, DEFAULT_ORACLE):
+        if not p.is_file():
+            pytest.skip(f"{p.name} not shipped yet")
+        assert p.stat().st_size < 20 * 2**20
+    den = load_denoiser(DEFAULT_DENOISER)
+    assert count_parameters(den) > 400_000
+    x = torch.nn.functional.one_hot(torch.full((1, 200), 4), 5).float()
+    probs = den(x, torch.ones(1)).softmax(-1).mean((0, 1))  # all-mask: the base composition
+    assert probs.min() > 0.15 and probs.max() < 0.35
+    clf, orc = load_grelu(DEFAULT_CLASSIFIER), load_grelu(DEFAULT_ORACLE)
+    assert clf.label_names == orc.label_names == CELL_LINES
+    info_c, info_o = model_info(DEFAULT_CLASSIFIER), model_info(DEFAULT_ORACLE)
+    assert not set(info_c["train_chromosomes"]) & set(info_o["train_chromosomes"])
+    assert info_c["test_accuracy"] > 0.5 and info_o["test_accuracy"] > 0.5
