@@ -121,6 +121,7 @@ class GaussianPolicy:
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         a_t = ac[ts]
         a_p = torch.cat([ac[ts[1:]], torch.as_tensor([float(final_alpha_cumprod)], dtype=torch.float64)])
+        self.alphas_cumprod = ac  # [N_train] float64
         self.timesteps = ts  # [T]
         self.alpha_t = a_t.float()  # [T]
         self.alpha_prev = a_p.float()  # [T]

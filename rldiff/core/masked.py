@@ -126,7 +126,8 @@ class MaskedPolicy:
         else:
             logits = net(x_t, t, cond)
         logp = torch.log_softmax(logits.float(), dim=-1)  # zero mass on the mask by construction
-        masked = x_t[..., self.mask_id : self.mask_id + 1]  # [B, L, 1]
+        # which positions are masked is structural: no (straight-through) gradient through it
+        masked = x_t[..., self.mask_id : self.mask_id + 1].detach()  # [B, L, 1]
         # unmasked positions carry over: p(x0 = x_t) = 1 there (log 0 -> large negative, kept finite)
         carry = torch.log(x_t[..., : self.vocab_size].clamp(min=1e-30))
         return masked * logp + (1 - masked) * carry
@@ -172,7 +173,7 @@ class MaskedPolicy:
             hard = F.one_hot((log_q.detach() + g).argmax(-1), self.vocab_size + 1).to(x_t.dtype)
             if gumbel:
                 soft = torch.softmax((log_q + g) / tau, dim=-1)
-                sampled = hard - soft.detach() + soft  # straight-through
+                sampled = hard + (soft - soft.detach())  # straight-through: forward value exactly `hard`
             else:
                 sampled = hard
             m = masked.unsqueeze(-1)

@@ -103,12 +103,15 @@ class ClassifierLogProb(nn.Module):
         classifier: module mapping x0 -> logits [B, K].
         label_key: key of y in the condition dict.
         temperature: logits are divided by it (from `fit_classifier`'s calibration).
+        label: a fixed label to score instead of `cond[label_key]` (a single-target task reward).
     """
 
     differentiable = True
 
-    def __init__(self, classifier: nn.Module | Callable[[Tensor], Tensor], label_key: str = "y", temperature: float = 1.0) -> None:
+    def __init__(self, classifier: nn.Module | Callable[[Tensor], Tensor], label_key: str = "y", temperature: float = 1.0,
+                 label: int | None = None) -> None:
         super().__init__()
+        self.label = label
         self.classifier = classifier
         self.label_key = label_key
         self.temperature = float(temperature)
@@ -118,8 +121,10 @@ class ClassifierLogProb(nn.Module):
         return torch.log_softmax(self.classifier(x0) / self.temperature, dim=-1)
 
     def forward(self, x0: Tensor, cond: Any = None) -> Tensor:
-        y = cond[self.label_key]
         lp = self.log_probs(x0)
+        if self.label is not None:
+            return lp[:, self.label]
+        y = cond[self.label_key]
         if y.dtype.is_floating_point:  # soft / continuous label weights [B, K]
             return (y * lp).sum(-1)
         return lp.gather(-1, y.long()[:, None]).squeeze(-1)

@@ -75,3 +75,47 @@ class Domain(Protocol):
     def evaluate(self, samples: dict[str, Any], out_dir: Path) -> dict[str, float]:
         """Score samples drawn by `Algorithm.sample`, write domain outputs (plots, FASTA, image
         grids) into `out_dir`, and return scalar metrics for `summary.md`."""
+
+
+@runtime_checkable
+class RLDomain(Domain, Protocol):
+    """What the algorithms in `rldiff.algorithms` read from a domain.
+
+    Attributes:
+        policy: a `GaussianPolicy` or `MaskedPolicy` whose `denoiser` holds the trainable
+            parameters (LoRA adapters, a zero-initialised residual, ...) and whose `reference`
+            is a frozen *view* of the pre-trained model (adapters disabled / a frozen module).
+            Set `policy.condition_dim` when the denoiser accepts `cond["class_emb"]`
+            ([B, condition_dim], added to its time embedding; zero = the pre-trained model):
+            that is the adapter CTRL uses to attach a new condition y.
+        trainable: modules whose `requires_grad` parameters the algorithms optimize; only those
+            parameters are checkpointed.
+        sample_shape: the sample shape without batch (Gaussian policies), None for masked.
+        reward: the task reward (`rldiff.core.reward.Reward`) for DDPO / reward backprop.
+        classifier: module x0 -> logits [B, num_labels], p(y | x) for CTRL (calibrated).
+        num_labels: number of classes of y.
+    """
+
+    policy: Any
+    trainable: dict[str, torch.nn.Module]
+    sample_shape: tuple[int, ...] | None
+    reward: Any
+    classifier: Any
+    num_labels: int
+
+    def sample_cond(self, num: int, generator: torch.Generator) -> dict[str, Any] | None:
+        """Base conditions (e.g. prompts) for a batch of `num` samples; None if unconditional.
+        Algorithms add their own keys (`y`, `class_emb`) to a copy of this dict."""
+
+
+@runtime_checkable
+class OfflineDataDomain(Protocol):
+    """Domains with an offline labelled dataset (for classifier fitting, CFG and classifier guidance)."""
+
+    def offline_data(self, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """(x [N, ...] clean samples in the policy's space, y [N] integer labels).
+
+        For masked domains x is a LongTensor of tokens [N, L]."""
+
+    def noisy_classifier(self) -> torch.nn.Module:
+        """A fresh, untrained classifier (x_t, t) -> logits [B, num_labels] for classifier guidance."""

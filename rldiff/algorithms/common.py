@@ -1,0 +1,92 @@
+"""Small pieces the algorithm files share: devices, optimizers, gradient sync, condition batches."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+def device_of(accelerator: Any) -> torch.device:
+    """The accelerator's device, or CPU without one."""
+    return accelerator.device if accelerator is not None else torch.device("cpu")
+
+
+def autocast(accelerator: Any) -> contextlib.AbstractContextManager:
+    """accelerate's autocast (mixed precision) or a no-op."""
+    return accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+
+
+def backward_fn(accelerator: Any):
+    """`accelerator.backward` (loss scaling for fp16) or plain `loss.backward`."""
+    return accelerator.backward if accelerator is not None else (lambda loss: loss.backward())
+
+
+def trainable_parameters(*modules: nn.Module | dict[str, nn.Module]) -> list[nn.Parameter]:
+    """Every parameter with requires_grad=True in the given modules (dicts of modules allowed), deduplicated."""
+    seen: dict[int, nn.Parameter] = {}
+    for m in modules:
+        for mod in (m.values() if isinstance(m, dict) else [m]):
+            for p in mod.parameters():
+                if p.requires_grad:
+                    seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def sync_gradients(params: list[nn.Parameter]) -> None:
+    """Average gradients over data-parallel workers (no-op in a single process).
+
+    Done explicitly (rather than through DDP wrapping) so that *every* trainable parameter —
+    including CTRL's y-embedding, which lives outside the denoiser — is synchronised, and
+    N workers x batch B give the same update as 1 worker x batch N*B.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= world
+
+
+def expand_cond(base: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    """A condition dict: the domain's base condition plus algorithm keys."""
+    return {**(base or {}), **extra}
+
+
+def index_cond(cond: Any, idx: Tensor) -> Any:
+    """Select rows `idx` of every tensor (and list) in a condition dict."""
+    if cond is None:
+        return None
+    if isinstance(cond, Tensor):
+        return cond[idx]
+    out = {}
+    for k, v in cond.items():
+        if isinstance(v, Tensor) and v.ndim > 0:
+            out[k] = v[idx]
+        elif isinstance(v, (list, tuple)):
+            out[k] = [v[int(i)] for i in idx]
+        else:
+            out[k] = v
+    return out
+
+
+def condition_keys(cond: Any, key: str = "prompt") -> list[Any] | None:
+    """Per-sample hashable keys for per-condition reward normalization (None = one group)."""
+    if isinstance(cond, dict) and key in cond:
+        v = cond[key]
+        return [tuple(x.tolist()) if isinstance(x, Tensor) else x for x in v]
+    return None
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_grad_norm: float | None) -> float:
+    """Sync gradients across workers, clip them, step, zero. Returns the pre-clip gradient norm."""
+    sync_gradients(params)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
