@@ -150,6 +150,21 @@ class AdapterDisabledView:
             return self.module(*args)
 
 
+class NoisyMLPClassifier(nn.Module):
+    """p(y | x_t, t): an MLP on x_t and sinusoidal features of t."""
+
+    def __init__(self, dim: int, num_labels: int, hidden: int = 64, num_train_steps: int = 1000) -> None:
+        super().__init__()
+        self.num_train_steps = num_train_steps
+        self.net = nn.Sequential(nn.Linear(dim + 16, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, num_labels))
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        freqs = torch.exp(-math.log(1000.0) * torch.arange(8, device=t.device) / 8)
+        ang = (t.float() / self.num_train_steps * 1000.0)[:, None] * freqs[None]
+        return self.net(torch.cat([x_t, ang.sin(), ang.cos()], -1))
+
+
 class LinearClassifier(nn.Module):
     """Analytic p(y | x) = softmax(W x + b): [B, d] -> logits [B, K]."""
 
@@ -211,6 +226,17 @@ class ContinuousToy:
 
     def sample_cond(self, num: int, generator: torch.Generator) -> None:
         return None
+
+    def offline_data(self, split: str = "train", num: int = 20_000) -> tuple[Tensor, Tensor]:
+        """Labelled pairs: x ~ p_pre, y ~ p(y | x) (fixed seed per split)."""
+        g = torch.Generator().manual_seed({"train": 1, "val": 2, "test": 3}[split])
+        x = self.mixture.sample(num, g)
+        y = torch.multinomial(torch.softmax(self.classifier(x), -1), 1, generator=g).squeeze(-1)
+        return x, y
+
+    def noisy_classifier(self) -> nn.Module:
+        """An untrained MLP p(y | x_t, t) for classifier guidance."""
+        return NoisyMLPClassifier(self.dim, self.num_labels, num_train_steps=len(self.scheduler.alphas_cumprod))
 
     # ------------------------------------------------------------------ exact targets
     def grid(self) -> tuple[Tensor, Tensor]:

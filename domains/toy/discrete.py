@@ -140,6 +140,13 @@ class DiscreteToy:
     def sample_cond(self, num: int, generator: torch.Generator) -> None:
         return None
 
+    def offline_data(self, split: str = "train", num: int = 20_000) -> tuple[Tensor, Tensor]:
+        """Labelled pairs: tokens x ~ p_pre [num, L], y ~ p(y | x) (fixed seed per split)."""
+        g = torch.Generator().manual_seed({"train": 1, "val": 2, "test": 3}[split])
+        x = self.all_seqs[torch.multinomial(self.table, num, replacement=True, generator=g)]
+        logits = self.classifier(F.one_hot(x, self.V).float())
+        return x, torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(-1)
+
     # ------------------------------------------------------------------ exact quantities
     def index(self, tokens: Tensor) -> Tensor:
         """Sequence [.., L] -> its index in the table (base-V number)."""

@@ -204,9 +204,11 @@ class CTRL:
             loss = backprop_loss(traj, r, self.gamma, self.kl_weight)
         backward_fn(self.accelerator)(loss)
         gnorm = clip_and_step(self.optimizer, self.params, self.max_grad_norm)
-        kl = traj.kl_logged.mean().item() if traj.kl_logged is not None else float("nan")
-        return {"loss": loss.item(), "reward": r.mean().item(), "kl": kl, "grad_norm": gnorm,
-                "accuracy": self._accuracy(traj.x0, y), "reference_calls": float(traj.num_reference_calls)}
+        out = {"loss": loss.item(), "reward": r.mean().item(), "grad_norm": gnorm,
+               "accuracy": self._accuracy(traj.x0, y), "reference_calls": float(traj.num_reference_calls)}
+        if traj.kl_logged is not None:
+            out["kl"] = traj.kl_logged.mean().item()
+        return out
 
     def _update_policy_gradient(self, y: Tensor, generator: torch.Generator) -> dict[str, float]:
         """Algorithm 1: clipped policy gradient on gamma log p(y | x_0) with the per-step KL penalty."""

@@ -65,7 +65,9 @@ class _Section(BaseModel):
 class TrainSection(_Section):
     """The `train:` section: how long to train and how often to log, evaluate and checkpoint."""
 
-    steps: Annotated[int, Field(ge=1, description="number of updates, an integer >= 1")]
+    steps: Annotated[
+        int, Field(ge=0, description="number of updates, an integer >= 0 (0 = sample only)")
+    ]
     log_every: Annotated[
         int, Field(ge=1, description="write metrics every N updates, an integer >= 1")
     ] = 10
@@ -90,6 +92,13 @@ class TrainSection(_Section):
     cpu: Annotated[bool, Field(description="true = run on the CPU even if a GPU is present")] = (
         False
     )
+    lr_schedule: Annotated[
+        Literal["constant", "cosine", "linear"],
+        Field(description="learning-rate decay over train.steps: 'constant', 'cosine' or 'linear'"),
+    ] = "constant"
+    warmup_steps: Annotated[
+        int, Field(ge=0, description="linear learning-rate warm-up updates, an integer >= 0")
+    ] = 0
 
 
 class LoggingSection(_Section):

@@ -66,6 +66,9 @@ class MaskedPolicy:
         reference: frozen pre-trained denoiser (a view; None = the policy is its own reference).
         gradient_checkpointing: recompute denoiser activations during backward.
         condition_dim: size of `cond["class_emb"]` the denoiser accepts (CTRL's adapter); None if not.
+        guidance_scale: classifier-free guidance w on the log-probabilities:
+            log p = log p_u + w (log p_c - log p_u), renormalised; None = off.
+        uncond: maps a condition to its unconditional counterpart (required with guidance).
     """
 
     def __init__(
@@ -79,6 +82,8 @@ class MaskedPolicy:
         reference: MaskedDenoiser | None = None,
         gradient_checkpointing: bool = False,
         condition_dim: int | None = None,
+        guidance_scale: float | None = None,
+        uncond: Callable[[Any], Any] | None = None,
     ) -> None:
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -90,6 +95,10 @@ class MaskedPolicy:
         self.schedule = schedule or LogLinearSchedule()
         self.gradient_checkpointing = gradient_checkpointing
         self.condition_dim = condition_dim
+        if guidance_scale is not None and uncond is None:
+            raise ValueError("guidance_scale needs `uncond` (a map from cond to the null condition)")
+        self.guidance_scale, self.uncond = guidance_scale, uncond
+        self.st_noise = True
         t = 1 - torch.arange(num_steps, dtype=torch.float64) / num_steps  # [T]
         s = 1 - torch.arange(1, num_steps + 1, dtype=torch.float64) / num_steps  # [T]
         self.times = t.float()
@@ -121,16 +130,20 @@ class MaskedPolicy:
         net = self.reference if reference and self.reference is not None else self.denoiser
         if reference and isinstance(cond, dict) and "class_emb" in cond:
             cond = {k: v for k, v in cond.items() if k != "class_emb"}  # the reference never sees y
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            logits = checkpoint(net, x_t, t, cond, use_reentrant=False)
-        else:
-            logits = net(x_t, t, cond)
-        logp = torch.log_softmax(logits.float(), dim=-1)  # zero mass on the mask by construction
+        logp = torch.log_softmax(self._call(net, x_t, t, cond).float(), dim=-1)  # zero mass on the mask
+        if self.guidance_scale is not None:
+            logp_u = torch.log_softmax(self._call(net, x_t, t, self.uncond(cond)).float(), dim=-1)
+            logp = torch.log_softmax(logp_u + self.guidance_scale * (logp - logp_u), dim=-1)
         # which positions are masked is structural: no (straight-through) gradient through it
         masked = x_t[..., self.mask_id : self.mask_id + 1].detach()  # [B, L, 1]
         # unmasked positions carry over: p(x0 = x_t) = 1 there (log 0 -> large negative, kept finite)
         carry = torch.log(x_t[..., : self.vocab_size].clamp(min=1e-30))
         return masked * logp + (1 - masked) * carry
+
+    def _call(self, net: MaskedDenoiser, x: Tensor, t: Tensor, cond: Any) -> Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(net, x, t, cond, use_reentrant=False)
+        return net(x, t, cond)
 
     # ------------------------------------------------------------------ the step
     def step(
@@ -152,8 +165,9 @@ class MaskedPolicy:
             x_t: [B, L, V+1] one-hot current state.
             i: step index in [0, T).
             prev: a given next state (one-hot) to score instead of sampling.
-            gumbel: straight-through Gumbel-softmax sampling (hard one-hot forward, soft gradient
-                backward through the unmask branch) for direct backprop.
+            gumbel: straight-through Gumbel-softmax on the unmask branch (hard one-hot forward, soft
+                gradient backward) for direct backprop. Whether a position unmasks at this step
+                does not depend on theta, so that Bernoulli draw needs no gradient.
             tau: Gumbel-softmax temperature.
             log_prob: also return the log-probability of the transition.
 
@@ -168,16 +182,19 @@ class MaskedPolicy:
         # transition log-probabilities over V tokens + "stay masked"
         log_q = torch.cat([logp0 + torch.log(c_u), torch.log(c_s).expand(*logp0.shape[:-1], 1)], dim=-1)  # [B, L, V+1]
         if prev is None:
-            u = torch.rand(log_q.shape, generator=generator, device=x_t.device).clamp_(1e-20, 1 - 1e-7)
-            g = -torch.log(-torch.log(u))  # Gumbel(0, 1)
-            hard = F.one_hot((log_q.detach() + g).argmax(-1), self.vocab_size + 1).to(x_t.dtype)
+            # two stages: unmask-or-stay ~ Bernoulli(c_u) (does not depend on theta), then the token
+            # ~ p_theta(. | x_t) by Gumbel-max; straight-through Gumbel-softmax on that branch only
+            unmask = (torch.rand(masked.shape, generator=generator, device=x_t.device) < c_u).to(x_t.dtype)  # [B, L]
+            u = torch.rand(logp0.shape, generator=generator, device=x_t.device).clamp_(1e-20, 1 - 1e-7)
+            g = -torch.log(-torch.log(u))  # Gumbel(0, 1), [B, L, V]
+            token = F.one_hot((logp0.detach() + g).argmax(-1), self.vocab_size).to(x_t.dtype)  # [B, L, V]
             if gumbel:
-                soft = torch.softmax((log_q + g) / tau, dim=-1)
-                sampled = hard + (soft - soft.detach())  # straight-through: forward value exactly `hard`
-            else:
-                sampled = hard
-            m = masked.unsqueeze(-1)
-            prev = m * sampled + (1 - m) * x_t
+                soft = torch.softmax((logp0 + g) / tau if self.st_noise else logp0 / tau, dim=-1)
+                token = token + (soft - soft.detach())  # straight-through: forward value exactly one-hot
+            token = F.pad(token, (0, 1))  # [B, L, V+1], mask channel 0
+            stay = F.one_hot(torch.full_like(masked, self.mask_id, dtype=torch.long), self.vocab_size + 1).to(x_t.dtype)
+            m, um = masked.unsqueeze(-1), unmask.unsqueeze(-1)
+            prev = m * (um * token + (1 - um) * stay) + (1 - m) * x_t
         lp = None
         if log_prob:
             # log of the branch taken, at masked positions only (unmasked positions carry over w.p. 1)

@@ -178,6 +178,7 @@ def train(
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
     domain, algorithm = build(config, accelerator)
+    base_lrs = _base_learning_rates(algorithm)  # before a checkpoint overwrites them with decayed ones
 
     start = 0
     if resume:
@@ -215,6 +216,7 @@ def train(
     )
     with logger, bar:
         for step in range(start, t.steps):
+            _set_learning_rates(algorithm, base_lrs, lr_factor(t.lr_schedule, step, t.steps, t.warmup_steps))
             generator = torch.Generator().manual_seed(derive_seed(config.seed, "update", step))
             train_metrics = {
                 name: float(v) for name, v in algorithm.update(step, generator).items()
@@ -244,9 +246,18 @@ def train(
                     keep=t.keep_checkpoints,
                 )
 
+        if t.steps == 0:  # a sampling-only recipe (guidance baselines): evaluate the built policy
+            if t.eval_samples:
+                result = _evaluate(algorithm, domain, config, run_dir, 0, t.eval_samples, main)
+                eval_metrics = result.metrics
+                logger.log(0, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                if main:
+                    _write_eval_json(run_dir, result)
+            save_checkpoint(ckpt_dir, 0, algorithm, accelerator, seed=config.seed, keep=t.keep_checkpoints)
+
     if main:
         entries = read_metrics(metrics_path)
-        if start == t.steps:  # resumed a finished run: report what it logged
+        if start == t.steps and t.steps > 0:  # resumed a finished run: report what it logged
             final = {k: v for e in entries if e["step"] == t.steps for k, v in e.items()}
             final.pop("step", None)
             train_metrics = {k: v for k, v in final.items() if not k.startswith("eval/")}
@@ -300,6 +311,40 @@ def evaluate_checkpoint(
         _write_eval_json(run_dir, result)
     accelerator.wait_for_everyone()
     return result
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
+    """The learning-rate multiplier for update `step` (0-based) of `total`.
+
+    Args:
+        schedule: "constant", "cosine" (half cosine to 0) or "linear" (to 0).
+        step: The update index.
+        total: train.steps.
+        warmup: Linear warm-up updates (from 1/(warmup+1) to 1).
+
+    Returns:
+        A factor in (0, 1].
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    span = max(total - warmup, 1)
+    frac = min(max(step - warmup, 0) / span, 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * frac))
+    if schedule == "linear":
+        return 1.0 - frac
+    return 1.0
+
+
+def _base_learning_rates(algorithm: Algorithm) -> dict[str, list[float]]:
+    return {name: [g["lr"] for g in opt.param_groups] for name, opt in algorithm.optimizers().items()}
+
+
+def _set_learning_rates(algorithm: Algorithm, base: dict[str, list[float]], factor: float) -> None:
+    """Learning rates are a pure function of the step, so a resumed run needs no scheduler state."""
+    for name, opt in algorithm.optimizers().items():
+        for group, lr in zip(opt.param_groups, base[name]):
+            group["lr"] = lr * factor
 
 
 def _evaluate(
