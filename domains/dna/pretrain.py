@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     from rldiff.config import instantiate, load_recipe
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = "python -m domains.dna.pretrain " + " ".join(argv)
     if not argv:
         raise SystemExit("usage: python -m domains.dna.pretrain RECIPE [key=value ...] [--max-minutes M] [--threads N]")
     max_minutes, threads = math.inf, 1
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"steps": step + 1, "train_minutes": train_minutes, "parameters": n_params,
                "final_loss_avg100": sum(losses[-100:]) / len(losses[-100:]), **metrics,
                "eval_samples": cfg.train.eval_samples, "sampling_steps": domain.policy.num_steps,
-               "command": "python -m domains.dna.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)}
+               "command": command}
     (out_dir / "pretrain.json").write_text(json.dumps(summary, indent=2))
     with open(out_dir / "samples.txt", "w") as fh:
         fh.write("\n".join(decode(samples["x0"][:50])) + "\n")
