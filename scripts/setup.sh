@@ -14,7 +14,7 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
 fi
 echo "[setup] creating $VENV and installing rldiff (first time: a few minutes)" >&2
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip uv >&2
+"$VENV/bin/python" -m pip install -q --upgrade pip uv 2>&1 | grep -v "is ignored: it is neither" >&2 || true
 # torch first, pinned to the CPU wheel (a looser pin resolves a multi-GB CUDA build).
 find_links=()
 for d in /opt/wheels; do [[ -d "$d" ]] && find_links+=(--find-links "$d"); done

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator, Literal
 
 import matplotlib
 
@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from diffusers import DDIMScheduler  # noqa: E402
+from pydantic import Field  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from rldiff.core.gaussian import GaussianPolicy  # noqa: E402
@@ -316,6 +317,12 @@ class ContinuousToy:
                 metrics[f"y{label}/{name}std_err"] = float((got["std"] - tgt["std"]).abs().max())
                 metrics[f"y{label}/{name}mode_tv"] = float(0.5 * (got["mode_props"] - tgt["mode_props"]).abs().sum())
             metrics[f"y{label}/p_label"] = float(torch.softmax(self.classifier(xs), -1)[:, label].mean())
+            metrics[f"y{label}/n"] = float(n)
+            for d in range(self.dim):
+                metrics[f"y{label}/mean{d}"] = float(got["mean"][d])
+                metrics[f"y{label}/std{d}"] = float(got["std"][d])
+            for k, p in enumerate(got["mode_props"].tolist()):
+                metrics[f"y{label}/mode{k}"] = p
             self._plot(ax, xs, label, gamma)
         metrics["max_mean_z"] = max(v for k, v in metrics.items() if k.endswith("/mean_z"))
         metrics["max_mode_tv"] = max(v for k, v in metrics.items() if k.endswith("/mode_tv"))
@@ -338,8 +345,16 @@ class ContinuousToy:
         ax.set_title(f"y = {label}, gamma = {gamma:g}")
 
 
-def build(dim: int = 1, num_steps: int = 50, eta: float = 1.0, target_label: int = 1, hidden: int = 64,
-          condition_dim: int = 16) -> ContinuousToy:
-    """Recipe entry point for the continuous toy domain."""
-    return ContinuousToy(dim=dim, num_steps=num_steps, eta=eta, target_label=target_label, hidden=hidden,
-                         condition_dim=condition_dim)
+def build(dim: Literal[1, 2] = 1, num_steps: Annotated[int, Field(ge=2)] = 50, eta: Annotated[float, Field(gt=0)] = 1.0,
+          target_label: Annotated[int, Field(ge=0, le=1)] = 1, hidden: Annotated[int, Field(ge=1)] = 64,
+          condition_dim: Annotated[int, Field(ge=2, multiple_of=2)] = 16, reward: Any = None) -> ContinuousToy:
+    """Recipe entry point for the continuous toy domain.
+
+    `reward` (optional) replaces the task reward log p(target_label | x) used by DDPO / reward
+    backprop, e.g. a user's function through `rldiff.core.reward.load_reward`.
+    """
+    domain = ContinuousToy(dim=dim, num_steps=num_steps, eta=eta, target_label=target_label, hidden=hidden,
+                           condition_dim=condition_dim)
+    if reward is not None:
+        domain.reward = reward
+    return domain

@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import matplotlib
 
@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from pydantic import Field  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from domains.toy.continuous import AdapterDisabledView  # noqa: E402
@@ -117,7 +118,7 @@ class DiscreteToy:
         seed: seeds the random joint table and classifier (fixed: the toy is a fixed problem).
     """
 
-    def __init__(self, seq_len: int = 4, vocab_size: int = 4, num_labels: int = 2, num_steps: int = 32,
+    def __init__(self, seq_len: int = 3, vocab_size: int = 4, num_labels: int = 2, num_steps: int = 64,
                  target_label: int = 1, hidden: int = 128, condition_dim: int = 16, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.L, self.V, self.num_labels = seq_len, vocab_size, num_labels
@@ -160,18 +161,19 @@ class DiscreteToy:
         return torch.softmax(logp, 0)
 
     @torch.no_grad()
-    def terminal_distribution(self, cond: Any = None) -> Tensor:
+    def terminal_distribution(self, cond: Any = None, policy: MaskedPolicy | None = None) -> Tensor:
         """Exact law of the policy's sampled x0 over the V^L sequences, by dynamic programming.
 
         Enumerates all (V+1)^L states; transitions factorise over positions given x_t.
 
         Args:
             cond: condition for a single sample (dict of [1, ...] tensors) or None.
+            policy: the policy to analyse (default: this domain's, e.g. a guided copy).
 
         Returns:
             [V^L] probabilities (sums to 1).
         """
-        pol, V1 = self.policy, self.V + 1
+        pol, V1 = policy or self.policy, self.V + 1
         states = torch.tensor(list(itertools.product(range(V1), repeat=self.L)))  # [S, L]
         S = len(states)
         onehot = F.one_hot(states, V1).float()  # [S, L, V+1]
@@ -205,7 +207,10 @@ class DiscreteToy:
         """Total variation between samples and the exact target, per requested label.
 
         `samples` = {"x0": one-hot [N, L, V+1], "y": [N], "gamma": float}. Reports the empirical
-        TV and, for reference, the TV expected from sampling noise alone at this sample size.
+        TV and, for reference, the TV expected from sampling noise alone at this sample size. When
+        the algorithm also hands over its sampling `policy` and `label_cond` (label -> the condition
+        of one sample), the *exact* TV of the policy's sampler is computed by dynamic programming
+        (`exact_tv`, no Monte Carlo error).
         """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -219,20 +224,34 @@ class DiscreteToy:
             emp = torch.bincount(self.index(tok), minlength=self.V**self.L).double() / len(tok)
             tgt = self.target(label, gamma)
             metrics[f"y{label}/tv"] = float(0.5 * (emp - tgt).abs().sum())
+            if samples.get("policy") is not None and samples.get("label_cond") is not None:
+                law = self.terminal_distribution(samples["label_cond"](label), policy=samples["policy"])
+                metrics[f"y{label}/exact_tv"] = float(0.5 * (law - tgt).abs().sum())
             metrics[f"y{label}/tv_noise_floor"] = float(0.5 * (tgt * (1 - tgt) / len(tok)).sqrt().sum() * math.sqrt(2 / math.pi))
             ax.bar(range(len(tgt)), tgt.numpy(), color="k", alpha=0.4, label="exact target")
             ax.plot(range(len(tgt)), emp.numpy(), "r.", ms=3, label="samples")
             ax.set_title(f"y = {label}, gamma = {gamma:g}")
             ax.legend()
         metrics["max_tv"] = max(v for k, v in metrics.items() if k.endswith("/tv"))
+        if any(k.endswith("/exact_tv") for k in metrics):
+            metrics["max_exact_tv"] = max(v for k, v in metrics.items() if k.endswith("/exact_tv"))
         fig.tight_layout()
         fig.savefig(out_dir / "samples_vs_target.png", dpi=90)
         plt.close(fig)
         return metrics
 
 
-def build(seq_len: int = 4, vocab_size: int = 4, num_labels: int = 2, num_steps: int = 32, target_label: int = 1,
-          hidden: int = 128, condition_dim: int = 16, seed: int = 0) -> DiscreteToy:
-    """Recipe entry point for the discrete toy domain."""
-    return DiscreteToy(seq_len=seq_len, vocab_size=vocab_size, num_labels=num_labels, num_steps=num_steps,
-                       target_label=target_label, hidden=hidden, condition_dim=condition_dim, seed=seed)
+def build(seq_len: Annotated[int, Field(ge=1, le=4)] = 3, vocab_size: Annotated[int, Field(ge=2, le=4)] = 4,
+          num_labels: Annotated[int, Field(ge=2)] = 2, num_steps: Annotated[int, Field(ge=1)] = 64,
+          target_label: Annotated[int, Field(ge=0)] = 1, hidden: Annotated[int, Field(ge=1)] = 128,
+          condition_dim: Annotated[int, Field(ge=1)] = 16, seed: int = 0, reward: Any = None) -> DiscreteToy:
+    """Recipe entry point for the discrete toy domain.
+
+    `reward` (optional) replaces the task reward log p(target_label | x) used by DDPO / reward
+    backprop, e.g. a user's function through `rldiff.core.reward.load_reward`.
+    """
+    domain = DiscreteToy(seq_len=seq_len, vocab_size=vocab_size, num_labels=num_labels, num_steps=num_steps,
+                         target_label=target_label, hidden=hidden, condition_dim=condition_dim, seed=seed)
+    if reward is not None:
+        domain.reward = reward
+    return domain

@@ -108,7 +108,8 @@ class RewardBackprop:
         for start in range(0, num, max(self.batch_size, 256)):
             n = min(max(self.batch_size, 256), num - start)
             xs.append(self._rollout(n, self.domain.sample_cond(n, generator), generator, keep_states=False).x0)
-        out: dict[str, Any] = {"x0": torch.cat(xs), "gamma": self.reward_scale / max(self.kl_weight, 1e-12)}
+        out: dict[str, Any] = {"x0": torch.cat(xs), "gamma": self.reward_scale / max(self.kl_weight, 1e-12),
+                               "policy": self.policy, "label_cond": lambda label: None}
         if getattr(self.domain, "target_label", None) is not None:
             out["y"] = torch.full((num,), int(self.domain.target_label))
         return out

@@ -123,4 +123,10 @@ class CFG:
                     "class_emb": self.embedding(chunk)}
             xs.append(rollout(pol, len(chunk), cond, generator=generator, shape=shape, device=self.device,
                               keep_states=False).x0)
-        return {"x0": torch.cat(xs), "y": y, "gamma": self.guidance_scale}
+        emb = self.embedding
+
+        def label_cond(label: int) -> dict[str, Any]:
+            lab = torch.tensor([label], device=self.device)
+            return {"y": lab, "class_emb": emb(lab).detach()}
+
+        return {"x0": torch.cat(xs), "y": y, "gamma": self.guidance_scale, "policy": pol, "label_cond": label_cond}

@@ -214,7 +214,8 @@ class CTRL:
         """Algorithm 1: clipped policy gradient on gamma log p(y | x_0) with the per-step KL penalty."""
         with torch.no_grad(), autocast(self.accelerator):
             cond = self.make_cond(y, generator)
-            traj = self._rollout(cond, len(y), generator, grad="none", kl="all" if self.kl_weight else "none")
+            traj = self._rollout(cond, len(y), generator, grad="none", kl="all" if self.kl_weight else "none",
+                                 keep_reference=bool(self.kl_weight))
             r = check_reward(self.reward(traj.x0, cond), len(y), "log p(y|x)")
             kl = traj.kl if traj.kl is not None else torch.zeros_like(traj.log_probs)
             returns = self.gamma * r[None, :] - self.kl_weight * kl_to_go(kl)  # [T, B]
@@ -255,4 +256,11 @@ class CTRL:
         for chunk in y.split(max(self.batch_size, 256)):
             cond = self.make_cond(chunk, generator)
             out.append(self._rollout(cond, len(chunk), generator, keep_states=False).x0)
-        return {"x0": torch.cat(out), "y": y, "gamma": self.gamma / max(self.kl_weight, 1e-12)}
+        return {"x0": torch.cat(out), "y": y, "gamma": self.gamma / max(self.kl_weight, 1e-12),
+                "policy": self.policy, "label_cond": self._label_cond}
+
+    @torch.no_grad()
+    def _label_cond(self, label: int) -> dict[str, Any]:
+        """The condition of one sample with label `label` (for exact analyses of the sampler)."""
+        y = torch.tensor([label], device=self.device)
+        return {"y": y, "class_emb": self.embedding(y)}

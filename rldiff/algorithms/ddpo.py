@@ -114,7 +114,8 @@ class DDPO:
     def update(self, step: int, generator: torch.Generator) -> dict[str, float]:
         with torch.no_grad(), autocast(self.accelerator):
             cond = self.domain.sample_cond(self.batch_size, generator)
-            traj = self._rollout(self.batch_size, cond, generator, kl="all" if self.kl_weight else "none")
+            traj = self._rollout(self.batch_size, cond, generator, kl="all" if self.kl_weight else "none",
+                                 keep_reference=bool(self.kl_weight))
             r = check_reward(self.reward(traj.x0, cond), self.batch_size, "reward")
             keys = condition_keys(cond, self.condition_key)
             adv_r = self.normalizer(self.reward_scale * r, [str(k) for k in keys] if keys else None)  # [B]
@@ -142,7 +143,8 @@ class DDPO:
             n = min(max(self.batch_size, 256), num - start)
             cond = self.domain.sample_cond(n, generator)
             xs.append(self._rollout(n, cond, generator, keep_states=False).x0)
-        out: dict[str, Any] = {"x0": torch.cat(xs), "gamma": self.reward_scale / max(self.kl_weight, 1e-12)}
+        out: dict[str, Any] = {"x0": torch.cat(xs), "gamma": self.reward_scale / max(self.kl_weight, 1e-12),
+                               "policy": self.policy, "label_cond": lambda label: None}
         if getattr(self.domain, "target_label", None) is not None:
             out["y"] = torch.full((num,), int(self.domain.target_label))
         return out

@@ -98,7 +98,6 @@ class MaskedPolicy:
         if guidance_scale is not None and uncond is None:
             raise ValueError("guidance_scale needs `uncond` (a map from cond to the null condition)")
         self.guidance_scale, self.uncond = guidance_scale, uncond
-        self.st_noise = True
         t = 1 - torch.arange(num_steps, dtype=torch.float64) / num_steps  # [T]
         s = 1 - torch.arange(1, num_steps + 1, dtype=torch.float64) / num_steps  # [T]
         self.times = t.float()
@@ -189,7 +188,7 @@ class MaskedPolicy:
             g = -torch.log(-torch.log(u))  # Gumbel(0, 1), [B, L, V]
             token = F.one_hot((logp0.detach() + g).argmax(-1), self.vocab_size).to(x_t.dtype)  # [B, L, V]
             if gumbel:
-                soft = torch.softmax((logp0 + g) / tau if self.st_noise else logp0 / tau, dim=-1)
+                soft = torch.softmax((logp0 + g) / tau, dim=-1)
                 token = token + (soft - soft.detach())  # straight-through: forward value exactly one-hot
             token = F.pad(token, (0, 1))  # [B, L, V+1], mask channel 0
             stay = F.one_hot(torch.full_like(masked, self.mask_id, dtype=torch.long), self.vocab_size + 1).to(x_t.dtype)

@@ -119,7 +119,8 @@ def policy_gradient_step(
 
     Args:
         policy: GaussianPolicy or MaskedPolicy.
-        traj: a no-gradient rollout with `keep_states=True` (its log_probs are the old log-probs).
+        traj: a no-gradient rollout with `keep_states=True` (its log_probs are the old log-probs);
+            with `keep_reference=True` its reference steps are reused for the KL term.
         advantages: [T, B] per-step advantages (e.g. normalized gamma r - kl_weight * KL-to-go).
         apply_update: called after each minibatch's gradients are accumulated (sync, clip, step, zero).
         cond_at: maps sample indices [b] to the condition for those samples.
@@ -153,9 +154,7 @@ def policy_gradient_step(
                     pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
                 loss = pg.mean()
                 if kl_weight:
-                    with torch.no_grad():
-                        ref = policy.step(x_i, i, cond, prev=x_next, reference=True, log_prob=False)
-                    loss = loss + kl_weight * policy.kl(new, ref).mean()
+                    loss = loss + kl_weight * policy.kl(new, _reference_step(policy, traj, i, mb, x_i, x_next, cond)).mean()
                 backward(loss / T)
                 if first:
                     stats["first_ratio_max_dev"].append(float((ratio.detach() - 1).abs().max()))
@@ -166,3 +165,13 @@ def policy_gradient_step(
             first = False
             apply_update()
     return {k: sum(v) / len(v) for k, v in stats.items()}
+
+
+def _reference_step(policy: Any, traj: Trajectory, i: int, mb: Tensor, x_i: Tensor, x_next: Tensor, cond: Any) -> Any:
+    """The reference's step at state x_i for minibatch rows `mb`: cached from the rollout when kept."""
+    cached = traj.extras.get("ref_steps")
+    if cached:
+        ref = cached[i]
+        return type(ref)(**{k: (v[mb] if isinstance(v, Tensor) and v.ndim > 0 else v) for k, v in vars(ref).items()})
+    with torch.no_grad():
+        return policy.step(x_i, i, cond, prev=x_next, reference=True, log_prob=False)

@@ -9,11 +9,19 @@ A user's reward is a plain function or class named in a recipe by import path:
     reward:
       _component_: my_pkg.rewards.brightness   # def brightness(x0, cond): return x0.mean((1, 2, 3))
 
+or, to pass the *function itself* (not call it), through `load_reward`:
+
+    reward:
+      _component_: rldiff.core.reward.load_reward
+      fn: my_pkg.rewards.brightness   # def brightness(x0, cond) -> Tensor[B]
+      differentiable: true
+
 or wrapped in Python with `as_reward(fn, differentiable=True)`.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -64,6 +72,29 @@ def as_reward(fn: Callable[..., Tensor] | Reward, differentiable: bool | None = 
     if isinstance(fn, Reward) and differentiable == fn.differentiable:
         return fn
     return FunctionReward(fn, differentiable=differentiable)
+
+
+def load_reward(fn: str, differentiable: bool = False, **kwargs: Any) -> Reward:
+    """A reward named by import path, for recipes.
+
+    Args:
+        fn: import path of a function `f(x0, cond) -> Tensor[B]` (or `f(x0)`), or of a class whose
+            instances are such callables.
+        differentiable: whether gradients may flow through it into x0 (functions only; a class
+            instance keeps its own `differentiable` attribute).
+        **kwargs: bound to the function (functools.partial) or passed to the class constructor.
+
+    Returns:
+        A Reward.
+    """
+    from rldiff.config.instantiate import resolve_import_path
+
+    obj = resolve_import_path(fn)
+    if inspect.isclass(obj):
+        return as_reward(obj(**kwargs))
+    if kwargs:
+        obj = functools.update_wrapper(functools.partial(obj, **kwargs), obj)
+    return FunctionReward(obj, differentiable=differentiable, name=fn)
 
 
 def check_reward(values: Tensor, batch_size: int, name: str = "reward") -> Tensor:

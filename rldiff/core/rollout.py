@@ -95,6 +95,7 @@ def rollout(
     gumbel_tau: float = 1.0,
     progress: bool = False,
     keep_states: bool = True,
+    keep_reference: bool = False,
 ) -> Trajectory:
     """Run the reverse process from x_T to x_0.
 
@@ -111,6 +112,9 @@ def rollout(
         gumbel_tau: Gumbel-softmax temperature for masked policies in gradient steps.
         progress: show a tqdm bar.
         keep_states: store the detached states (needed by policy-gradient methods).
+        keep_reference: store the reference steps (for kl="all" without gradient) in
+            `extras["ref_steps"]`, so a policy-gradient update can reuse them instead of running
+            the reference model again.
 
     Returns:
         Trajectory.
@@ -143,6 +147,7 @@ def rollout(
     log_probs, kls = [], []
     kl_logged = torch.zeros(batch_size, device=device)
     ref_calls = 0
+    ref_steps = []
     for i in tqdm(range(T), desc="sampling", disable=not progress, leave=False):
         with torch.set_grad_enabled(bool(grad_steps[i]) and torch.is_grad_enabled()):
             if not grad_steps[i]:
@@ -155,6 +160,8 @@ def rollout(
             if kl_steps[i] or log_only[i]:
                 ref = policy.step(x, i, cond, prev=step.x_prev, reference=True, log_prob=False)
                 ref_calls += 1
+                if keep_reference:
+                    ref_steps.append(ref)
                 kl_i = policy.kl(step, ref)
                 kl_logged = kl_logged + (kl_i.detach() * (log_scale if log_only[i] else 1.0))
                 if log_only[i]:
@@ -173,4 +180,5 @@ def rollout(
         grad_steps=grad_steps,
         cond=cond,
         num_reference_calls=ref_calls,
+        extras={"ref_steps": ref_steps} if keep_reference else {},
     )
