@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def code_blocks(path: Path, lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", path.read_text(), flags=re.S)
+    return re.findall(rf"```{lang}\n(.*?)```", path.read_text(), flags=re.DOTALL)
 
 
 def test_custom_reward_python_api() -> None:

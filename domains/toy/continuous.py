@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal
+from typing import Annotated, Any, Literal
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from diffusers import DDIMScheduler  # noqa: E402
-from pydantic import Field  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from diffusers import DDIMScheduler
+from pydantic import Field
+from torch import Tensor, nn
 
-from rldiff.core.gaussian import GaussianPolicy  # noqa: E402
-from rldiff.core.reward import ClassifierLogProb  # noqa: E402
+from rldiff.core.gaussian import GaussianPolicy
+from rldiff.core.reward import ClassifierLogProb
 
 
 class GaussianMixture:

@@ -17,21 +17,22 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from pydantic import Field  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
 
-from domains.toy.continuous import AdapterDisabledView  # noqa: E402
-from rldiff.core.masked import MaskedPolicy  # noqa: E402
-from rldiff.core.reward import ClassifierLogProb  # noqa: E402
+from domains.toy.continuous import AdapterDisabledView
+from rldiff.core.masked import MaskedPolicy
+from rldiff.core.reward import ClassifierLogProb
 
 
 class TableDenoiser(nn.Module):

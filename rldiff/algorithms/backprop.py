@@ -19,7 +19,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from rldiff.algorithms.common import autocast, backward_fn, clip_and_step, device_of, trainable_parameters
+from rldiff.algorithms.common import (
+    autocast,
+    backward_fn,
+    clip_and_step,
+    device_of,
+    trainable_parameters,
+)
 from rldiff.core.masked import MaskedPolicy
 from rldiff.core.objectives import backprop_loss
 from rldiff.core.reward import as_reward, check_reward

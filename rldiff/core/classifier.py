@@ -63,7 +63,7 @@ def fit_classifier(
     weight_decay: float = 0.0,
     patience: int = 5,
     generator: torch.Generator | None = None,
-    augment: "callable | None" = None,
+    augment: callable | None = None,
     progress: bool = False,
 ) -> FitResult:
     """Train a classifier x -> logits with an 80/20 split, early stopping and temperature scaling.

@@ -128,7 +128,7 @@ class GaussianPolicy:
         self.sigma = self._sigmas(a_t, a_p).float()  # [T]
 
     @classmethod
-    def from_scheduler(cls, denoiser: Denoiser, scheduler: Any, num_steps: int, **kwargs: Any) -> "GaussianPolicy":
+    def from_scheduler(cls, denoiser: Denoiser, scheduler: Any, num_steps: int, **kwargs: Any) -> GaussianPolicy:
         """Build from a diffusers scheduler (its alphas_cumprod and timestep spacing).
 
         Args:
