@@ -221,7 +221,8 @@ def test_unknown_section_key_did_you_mean_with_line(tmp_path):
     assert _error(path) == (
         f"{path}:{line}: train.log_evry: unknown key 'log_evry' in 'train'; did you mean "
         "'log_every' or 'eval_every'? Valid keys: steps, log_every, eval_every, checkpoint_every, "
-        "keep_checkpoints, eval_samples, mixed_precision, gradient_accumulation_steps, cpu"
+        "keep_checkpoints, eval_samples, mixed_precision, gradient_accumulation_steps, cpu, "
+        "lr_schedule, warmup_steps"
     )
 
 
@@ -238,22 +239,22 @@ def test_missing_required_key_points_at_parent(tmp_path):
     path = _write(tmp_path, text)
     assert _error(path) == (
         f"{path}:{_line_of(text, '^train:')}: train.steps: missing required key; expected "
-        "number of updates, an integer >= 1"
+        "number of updates, an integer >= 0 (0 = sample only)"
     )
 
 
 def test_out_of_range_and_wrong_literal(tmp_path):
-    text = DUMMY_TEXT.replace("  steps: 40 ", "  steps: 0 ").replace(
+    text = DUMMY_TEXT.replace("  steps: 40 ", "  steps: -3 ").replace(
         "mixed_precision: no ", "mixed_precision: fp8 "
     )
     path = _write(tmp_path, text)
     message = _error(path)
-    steps, mp = _line_of(text, "  steps: 0"), _line_of(text, "mixed_precision")
+    steps, mp = _line_of(text, "  steps: -3"), _line_of(text, "mixed_precision")
     assert message.splitlines() == [
         f"{path}: 2 problems",
         (
-            f"  {path}:{steps}: train.steps: invalid value 0: Input should be greater than or equal "
-            "to 1; expected number of updates, an integer >= 1"
+            f"  {path}:{steps}: train.steps: invalid value -3: Input should be greater than or equal "
+            "to 0; expected number of updates, an integer >= 0 (0 = sample only)"
         ),
         (
             f"  {path}:{mp}: train.mixed_precision: invalid value 'fp8': Input should be 'no', 'fp16' "
@@ -527,7 +528,7 @@ WRONG_TYPE = {
 _negative = st.integers(max_value=-1)
 OUT_OF_RANGE = {
     "seed": st.one_of(_negative, st.integers(min_value=2**63, max_value=2**70)),
-    "train.steps": st.integers(max_value=0),
+    "train.steps": _negative,
     "train.log_every": st.integers(max_value=0),
     "train.eval_every": _negative,
     "train.keep_checkpoints": st.integers(max_value=0),

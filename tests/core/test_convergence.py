@@ -61,7 +61,7 @@ def assert_discrete_target(metrics: dict[str, float], labels: list[int], tv: flo
     domain = DiscreteToy(seq_len=3, num_steps=64)
     for y in labels:
         pre_tv = float(0.5 * (domain.table.double() - domain.target(y, 1.0)).abs().sum())
-        assert pre_tv > 5 * tv  # the pre-trained model is far from the target
+        assert pre_tv > 3 * tv  # the pre-trained model is far from the target
         assert metrics[f"y{y}/exact_tv"] <= tv, (y, metrics)
 
 
@@ -87,7 +87,8 @@ def test_reward_backprop_continuous(tmp_path: Path) -> None:
 
 def test_ctrl_backprop_discrete_straight_through(tmp_path: Path) -> None:
     """Algorithm 2 on masked diffusion: straight-through Gumbel-softmax is a *biased* gradient
-    estimator, so it gets close to the target but not as close as the unbiased policy gradient.
-    Pinned here so that a regression (or an improvement) shows up."""
+    estimator, so it gets close to the target (TV ~0.05 at tau = 0.25, from 0.26 for the
+    pre-trained model) but not as close as the unbiased policy gradient (<= 0.03). Pinned here so
+    that a regression (or an improvement) shows up."""
     metrics = run_recipe("toy/ctrl_discrete", tmp_path / "run")
-    assert_discrete_target(metrics, [0, 1], tv=0.09)
+    assert_discrete_target(metrics, [0, 1], tv=0.07)
