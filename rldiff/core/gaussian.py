@@ -123,9 +123,19 @@ class GaussianPolicy:
         a_p = torch.cat([ac[ts[1:]], torch.as_tensor([float(final_alpha_cumprod)], dtype=torch.float64)])
         self.alphas_cumprod = ac  # [N_train] float64
         self.timesteps = ts  # [T]
+        sigma = self._sigmas(a_t, a_p)  # float64
         self.alpha_t = a_t.float()  # [T]
         self.alpha_prev = a_p.float()  # [T]
-        self.sigma = self._sigmas(a_t, a_p).float()  # [T]
+        self.sigma = sigma.float()  # [T]
+        # per-step coefficients, computed in float64 (1 - a_p - sigma^2 cancels badly in float32)
+        alpha = a_t / a_p
+        self._c_x0 = dict(  # x0_hat = c_xt * x_t - c_eps * eps
+            c_xt=(1 / a_t.sqrt()).float(), c_eps=((1 - a_t) / a_t).sqrt().float())
+        if kind == "ddpm":  # mean = m_x0 * x0_hat + m_xt * x_t
+            self._c_mean = dict(m_x0=(a_p.sqrt() * (1 - alpha) / (1 - a_t)).float(),
+                                m_xt=(alpha.sqrt() * (1 - a_p) / (1 - a_t)).float())
+        else:  # mean = m_x0 * x0_hat + m_eps * eps
+            self._c_mean = dict(m_x0=a_p.sqrt().float(), m_eps=(1 - a_p - sigma**2).clamp(min=0).sqrt().float())
 
     @classmethod
     def from_scheduler(cls, denoiser: Denoiser, scheduler: Any, num_steps: int, **kwargs: Any) -> GaussianPolicy:
@@ -206,28 +216,37 @@ class GaussianPolicy:
         Returns:
             GaussianStep with x_prev, log_prob [B], mean, std, eps, x0_hat.
         """
-        a_t, a_p, sigma = self.alpha_t[i], self.alpha_prev[i], self.sigma[i]
+        sigma = self.sigma[i]
         if log_prob and sigma <= 0:
-            raise DeterministicStepError(
-                f"step {i} is deterministic (sigma_t = 0, eta={self.eta}): its log-probability and KL are "
-                "undefined. Use eta > 0 (e.g. 1.0) for policy gradients, KL penalties and CTRL."
-            )
+            raise DeterministicStepError(self._deterministic_message(i))
         eps = self.predict_eps(x_t, i, cond, reference=reference)
         # predicted x_0, see Song et al. formula (12)
-        x0_hat = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        x0_hat = self._c_x0["c_xt"][i] * x_t - self._c_x0["c_eps"][i] * eps
+        c = {k: v[i] for k, v in self._c_mean.items()}
         if self.kind == "ddpm":
             # posterior mean mu~(x_t, x_0), Ho et al. formula (7)
-            alpha = a_t / a_p
-            mean = a_p.sqrt() * (1 - alpha) / (1 - a_t) * x0_hat + alpha.sqrt() * (1 - a_p) / (1 - a_t) * x_t
+            mean = c["m_x0"] * x0_hat + c["m_xt"] * x_t
         else:
-            # direction pointing to x_t, Song et al. formula (12)
-            mean = a_p.sqrt() * x0_hat + (1 - a_p - sigma**2).clamp(min=0).sqrt() * eps
+            # sqrt(a_p) x0_hat + direction pointing to x_t, Song et al. formula (12)
+            mean = c["m_x0"] * x0_hat + c["m_eps"] * eps
         if prev is None:
             if noise is None:
                 noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
             prev = mean + sigma * noise
         lp = gaussian_log_prob(prev, mean, sigma) if log_prob else None
         return GaussianStep(x_prev=prev, log_prob=lp, mean=mean, std=sigma, eps=eps, x0_hat=x0_hat)
+
+    def _deterministic_message(self, i: int) -> str:
+        a_t, a_p = float(self.alpha_t[i]), float(self.alpha_prev[i])
+        why = (f"eta={self.eta}" if self.eta == 0 or self.kind == "ddpm" else
+               f"alpha-bar {a_t:.6g} -> {a_p:.6g}: a step onto alpha-bar 1 has no noise; build the scheduler "
+               "with set_alpha_to_one=False (or steps_offset=1) so the last step keeps sigma > 0")
+        return (f"step {i} is deterministic (sigma_t = 0, {why}): its log-probability and KL are undefined. "
+                "Policy gradients, KL penalties and CTRL need eta > 0 (e.g. 1.0) on every step.")
+
+    def has_log_prob(self, i: int) -> bool:
+        """Whether step i is stochastic (sigma_t > 0), so its log-probability is defined."""
+        return bool(self.sigma[i] > 0)
 
     def kl(self, step: GaussianStep, ref: GaussianStep) -> Tensor:
         """Exact per-step KL(p_theta(.|x_t) || p_ref(.|x_t)) = |mu_theta - mu_ref|^2 / (2 sigma_t^2), summed.
@@ -236,5 +255,6 @@ class GaussianPolicy:
             [B] KL values.
         """
         if step.std <= 0:
-            raise DeterministicStepError("KL between deterministic steps (sigma_t = 0) is undefined; use eta > 0")
+            raise DeterministicStepError("KL between deterministic steps (sigma_t = 0) is undefined; use eta > 0 "
+                                         "and a final step with sigma > 0")
         return gaussian_kl_same_std(step.mean, ref.mean, step.std)

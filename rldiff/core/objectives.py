@@ -77,16 +77,16 @@ class ConditionNormalizer:
         """Advantages [B] from rewards [B] and one hashable key per sample (None = one group)."""
         r = rewards.detach().float()
         if keys is None:
-            mean, std = r.mean(), r.std().clamp(min=1e-6) if len(r) > 1 else torch.ones(())
+            mean, std = r.mean(), _std(r)
             return (r - mean) / std if self.scale else r - mean
         out = torch.empty_like(r)
-        batch_mean, batch_std = r.mean(), (r.std() if len(r) > 1 else torch.ones(())).clamp(min=1e-6)
+        batch_mean, batch_std = r.mean(), _std(r)
         for key in dict.fromkeys(keys):
             idx = torch.tensor([i for i, k in enumerate(keys) if k == key])
             self.history[key].extend(r[idx].tolist())
             hist = torch.tensor(list(self.history[key]))
             if len(hist) >= self.min_count:
-                mean, std = hist.mean(), hist.std().clamp(min=1e-6)
+                mean, std = hist.mean(), _std(hist)
             else:
                 mean, std = batch_mean, batch_std
             out[idx] = (r[idx] - mean) / std if self.scale else r[idx] - mean
@@ -94,6 +94,11 @@ class ConditionNormalizer:
 
     def state_dict(self) -> dict[str, list[float]]:
         return {repr(k): list(v) for k, v in self.history.items()}
+
+
+def _std(x: Tensor) -> Tensor:
+    """Standard deviation for normalisation: 1 for a single value (unbiased std would be NaN), >= 1e-6."""
+    return x.std().clamp(min=1e-6) if len(x) > 1 else torch.ones((), dtype=x.dtype)
 
 
 def policy_gradient_step(

@@ -39,7 +39,8 @@ class Trajectory:
     Attributes:
         states: T + 1 detached states, states[0] = x_T, states[-1] = x_0.
         x0: the final state, carrying gradient when the last step did.
-        log_probs: [T, B] log p_theta(x_{i+1} | x_i) (graph kept only on gradient steps).
+        log_probs: [T, B] log p_theta(x_{i+1} | x_i) (graph kept only on gradient steps; NaN on
+            deterministic steps, eta = 0).
         kl: [T, B] per-step KL to the reference, zero where not computed; None if kl="none".
         kl_logged: [B] total KL estimate for logging (exact for kl="all"; includes the unbiased
             estimate of non-gradient steps for kl="grad" with kl_log_steps > 0).
@@ -154,8 +155,8 @@ def rollout(
                 x = x.detach()
             if masked:
                 step = policy.step(x, i, cond, generator=generator, gumbel=bool(grad_steps[i]), tau=gumbel_tau)
-            else:
-                step = policy.step(x, i, cond, generator=generator)
+            else:  # a deterministic step (eta = 0) has no log-prob: NaN, and asking for its KL raises
+                step = policy.step(x, i, cond, generator=generator, log_prob=policy.has_log_prob(i))
             kl_i = torch.zeros(batch_size, device=device)
             if kl_steps[i] or log_only[i]:
                 ref = policy.step(x, i, cond, prev=step.x_prev, reference=True, log_prob=False)
@@ -167,7 +168,7 @@ def rollout(
                 if log_only[i]:
                     kl_i = torch.zeros(batch_size, device=device)
         x = step.x_prev
-        log_probs.append(step.log_prob)
+        log_probs.append(step.log_prob if step.log_prob is not None else torch.full((batch_size,), float("nan"), device=device))
         kls.append(kl_i)
         if keep_states:
             states.append(x.detach())

@@ -201,12 +201,12 @@ def test_analytic_kl_matches_monte_carlo_log_ratio(i):
 
 
 def _elbo_expectation(pol, tokens, n: int = 2001):
-    """E[policy.elbo(x)] with infinitely many Monte Carlo samples, from the policy's own pieces:
+    """E[policy.elbo(x)] with infinitely many Monte Carlo samples:
     integral over t in [0, 1] of w(t) sum_S P(S masked | a(t)) sum_{i in S} log p_theta(x_i | x with S masked),
-    w = schedule.elbo_weight, a = schedule.alpha, by the trapezoid rule (t clamped at 1e-4 like `elbo`)."""
+    over the full masking path a(t) = 1 - t, w(t) = 1/t (as `elbo` does), by the trapezoid rule."""
     L = tokens.shape[-1]
     t = torch.linspace(0, 1, n, dtype=torch.float64).clamp(min=1e-4)
-    a, w = pol.schedule.alpha(t), pol.schedule.elbo_weight(t)
+    a, w = 1 - t, 1 / t
     out = []
     for x in tokens:
         integrand = torch.zeros(n, dtype=torch.float64)
@@ -247,8 +247,8 @@ def test_elbo_of_the_exact_denoiser_is_a_tight_lower_bound(seq_len, vocab_size):
     exact = torch.log(toy.table.double())
     gap = exact - expect
     assert (gap.abs() < 0.01).all(), gap  # tight
-    # (MaskedPolicy.elbo integrates t over [0, 1] where a(1) = eps = 1e-3, i.e. only a in [eps, 1]; the
-    # a in [0, eps] piece of the bound, about eps * log p(x) < 0, is dropped, so E[elbo] > log p(x))
+    # (integrating only down to the sampling schedule's floor a(1) = eps = 1e-3 drops the a in [0, eps]
+    # piece, about eps * log p(x) < 0, and gives E[elbo] > log p(x): the bug this test caught)
     assert (gap >= -1e-5).all(), f"E[elbo] - log p(x) up to {(-gap).max():.4f} > 0: not a lower bound"
 
 
