@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -33,6 +33,27 @@ from domains.images.metrics import (
 from domains.images.pixel import DIGITS_LORA_TARGETS, WEIGHTS_DIR, PixelDenoiser, load_digits_model
 from rldiff.core.gaussian import GaussianPolicy
 from rldiff.core.rollout import rollout
+
+
+def quadratic_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> Tensor:
+    """t_i = round((N - 1) ((T - i) / T)^2), i = 0..T-1: dense near t = 0, so that no single
+    low-noise step dominates the trajectory KL (with uniform "trailing" steps and eta = 1 the last
+    step, t = 49 -> alpha-bar_0, carries ~80% of the KL of a perturbation; see docs/images.md).
+    Duplicates (T close to N) are removed."""
+    t = [round((num_train_timesteps - 1) * ((num_steps - i) / num_steps) ** 2) for i in range(num_steps)]
+    return torch.tensor(sorted(set(t), reverse=True), dtype=torch.long)
+
+
+def make_policy(denoiser: Any, scheduler: Any, num_steps: int, eta: float, spacing: str = "quadratic",
+                **kwargs: Any) -> GaussianPolicy:
+    """A DDIM GaussianPolicy over the scheduler's alpha-bars with "quadratic" or the scheduler's own spacing."""
+    if spacing == "scheduler":
+        return GaussianPolicy.from_scheduler(denoiser, scheduler, num_steps, eta=eta, **kwargs)
+    if spacing != "quadratic":
+        raise ValueError(f"spacing must be 'quadratic' or 'scheduler', got {spacing!r}")
+    ts = quadratic_timesteps(num_steps, scheduler.config.num_train_timesteps)
+    return GaussianPolicy(denoiser, scheduler.alphas_cumprod, ts, final_alpha_cumprod=scheduler.final_alpha_cumprod,
+                          eta=eta, **kwargs)
 
 
 class DigitLogProb(nn.Module):
@@ -58,6 +79,42 @@ class DigitLogProb(nn.Module):
         if y.dtype.is_floating_point:  # soft labels [B, 10]
             return (y * lp).sum(-1)
         return lp.gather(-1, y.long()[:, None]).squeeze(-1)
+
+
+def _features(judge: nn.Module, x: Tensor) -> Tensor:
+    return torch.cat([judge.features(x[i:i + 512]) for i in range(0, len(x), 512)])
+
+
+@torch.no_grad()
+def sample_quality(x0: Tensor, out_dir: Path | None = None, eval_classifier: nn.Module | None = None) -> dict[str, float]:
+    """Quality of unconditional digit samples as the independent classifier sees them.
+
+    Args:
+        x0: [N, 1, 16, 16] samples in [-1, 1].
+        out_dir: where to write `grid.png` (rows = predicted digit), or None.
+        eval_classifier: the judge; default the shipped `digits_eval_classifier`.
+
+    Returns:
+        class_balance_entropy (of the predicted digits; log 10 = 2.303 is perfectly balanced),
+        frac_class_<k>, fd_to_real (Frechet distance to the held-out digits in the judge's feature
+        space), fd_real_to_real (train vs held-out digits, the floor), diversity / diversity_real.
+    """
+    judge = eval_classifier if eval_classifier is not None else load_classifier(WEIGHTS_DIR / "digits_eval_classifier")
+    x0 = x0.detach().float().cpu().clamp(-1, 1)
+    pred = torch.cat([judge(x0[i:i + 512]) for i in range(0, len(x0), 512)]).argmax(-1)
+    counts = torch.bincount(pred, minlength=10).float()
+    frac = counts / counts.sum()
+    x_real, y_real = load_digits("heldout")
+    x_train, _ = load_digits("train")
+    f_real = _features(judge, x_real)
+    out = {"class_balance_entropy": float(-(frac * frac.clamp(min=1e-12).log()).sum()),
+           **{f"frac_class_{k}": float(frac[k]) for k in range(10)},
+           "fd_to_real": frechet_distance(_features(judge, x0), f_real),
+           "fd_real_to_real": frechet_distance(_features(judge, x_train), f_real),
+           "diversity": within_class_diversity(x0, pred), "diversity_real": within_class_diversity(x_real, y_real)}
+    if out_dir is not None:
+        save_class_grids(x0, pred, out_dir, range(10))
+    return out
 
 
 class DigitsDomain:
@@ -90,15 +147,15 @@ class DigitsDomain:
         reward_target: int | None = None,
         gradient_checkpointing: bool = False,
         reference_samples: int = 1000,
+        spacing: str = "quadratic",
     ) -> None:
         self.unet = add_lora(unet, rank=lora_rank, target_modules=lora_targets) if lora_rank > 0 else unet.requires_grad_(False)
         self.denoiser = PixelDenoiser(self.unet)
-        self.policy = GaussianPolicy.from_scheduler(
-            self.denoiser, scheduler, num_steps, eta=eta, reference=ReferenceView(self.denoiser, self.unet),
-            gradient_checkpointing=gradient_checkpointing, condition_dim=self.denoiser.condition_dim,
-        )
+        reference = ReferenceView(self.denoiser, self.unet)
+        self.policy = make_policy(self.denoiser, scheduler, num_steps, eta, spacing, reference=reference,
+                                  gradient_checkpointing=gradient_checkpointing, condition_dim=self.denoiser.condition_dim)
         # the pre-trained model as a policy of its own (same view, no LoRA), for reference samples
-        self.reference_policy = GaussianPolicy.from_scheduler(self.policy.reference, scheduler, num_steps, eta=eta)
+        self.reference_policy = make_policy(reference, scheduler, num_steps, eta, spacing)
         self.trainable = {"denoiser": self.denoiser}
         self.classifier = classifier.eval().requires_grad_(False)
         self.eval_classifier = eval_classifier.eval().requires_grad_(False)
@@ -133,39 +190,43 @@ class DigitsDomain:
         Returns:
             accuracy, macro_f1, acc_class_<k> (eval classifier vs requested y), reward_accuracy
             (the training classifier's view, for contrast), diversity (within-class mean pairwise
-            pixel distance; real held-out digits score `diversity_real`), fd_to_pretrained and
-            fd_to_real (Frechet distances in the eval classifier's feature space; the pre-trained
-            model scores `fd_pretrained_to_real`, the two real splits `fd_real_to_real`).
+            pixel distance; real held-out digits score `diversity_real`), fd_to_pretrained
+            (Frechet distance to the pre-trained model's samples in the eval classifier's feature
+            space), fd_to_pretrained_same_class (fine-tuned "k"s vs pre-trained samples judged "k",
+            averaged over k; small-sample biased upwards), fd_to_real (to the held-out digits; the
+            pre-trained model scores `fd_pretrained_to_real`, train vs held-out digits
+            `fd_real_to_real`). Without y: the `sample_quality` metrics.
         """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         x0 = samples["x0"].detach().float().cpu().clamp(-1, 1)  # [N, 1, 16, 16]
         y = samples.get("y")
         judge = self.eval_classifier
-        pred = torch.cat([judge(x0[i:i + 512]) for i in range(0, len(x0), 512)]).argmax(-1)  # [N]
         metrics: dict[str, float] = {"num_samples": float(len(x0))}
-        labels = pred
-        if y is not None:
+        quality = sample_quality(x0, None, judge)
+        ref = self.reference_x0()
+        f_x, f_ref = _features(judge, x0), _features(judge, ref)
+        if y is None:
+            metrics.update(quality)
+            labels = torch.cat([judge(x0[i:i + 512]) for i in range(0, len(x0), 512)]).argmax(-1)
+        else:
             y = torch.as_tensor(y).long().cpu()
             if y.ndim == 2:  # soft labels: judge against the heaviest class
                 y = y.argmax(-1)
+            pred = torch.cat([judge(x0[i:i + 512]) for i in range(0, len(x0), 512)]).argmax(-1)  # [N]
             metrics.update(label_agreement(pred, y, self.num_labels))
             metrics["reward_accuracy"] = float((self.classifier(x0).argmax(-1) == y).float().mean())
+            metrics.update({k: quality[k] for k in ("fd_to_real", "fd_real_to_real", "diversity_real")})
+            metrics["diversity"] = within_class_diversity(x0, y)
             labels = y
-        else:
-            counts = torch.bincount(pred, minlength=self.num_labels).float()
-            metrics["class_balance_entropy"] = float(-(counts / counts.sum() * (counts / counts.sum()).clamp(min=1e-12).log()).sum())
-        x_real, y_real = load_digits("heldout")
-        x_train, _ = load_digits("train")
-        ref = self.reference_x0()
-        feats = lambda x: torch.cat([judge.features(x[i:i + 512]) for i in range(0, len(x), 512)])
-        f_x, f_real, f_ref = feats(x0), feats(x_real), feats(ref)
-        metrics["diversity"] = within_class_diversity(x0, labels)
-        metrics["diversity_real"] = within_class_diversity(x_real, y_real)
+            # per class: the fine-tuned "k"s against the pre-trained samples the judge calls "k"
+            ref_pred = torch.cat([judge(ref[i:i + 512]) for i in range(0, len(ref), 512)]).argmax(-1)
+            per = [frechet_distance(f_x[y == k], f_ref[ref_pred == k]) for k in range(self.num_labels)
+                   if int((y == k).sum()) >= 2 and int((ref_pred == k).sum()) >= 2]
+            if per:
+                metrics["fd_to_pretrained_same_class"] = float(sum(per) / len(per))
         metrics["fd_to_pretrained"] = frechet_distance(f_x, f_ref)
-        metrics["fd_to_real"] = frechet_distance(f_x, f_real)
-        metrics["fd_pretrained_to_real"] = frechet_distance(f_ref, f_real)
-        metrics["fd_real_to_real"] = frechet_distance(feats(x_train), f_real)
+        metrics["fd_pretrained_to_real"] = frechet_distance(f_ref, _features(judge, load_digits("heldout")[0]))
         save_class_grids(x0, labels, out_dir, range(self.num_labels))
         save_grid(ref[:100], out_dir / "grid_pretrained.png")
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -185,6 +246,7 @@ def build(
     reward_target: Annotated[int, Field(ge=0, le=9)] | None = None,
     gradient_checkpointing: bool = False,
     reference_samples: Annotated[int, Field(ge=2)] = 1000,
+    spacing: Literal["quadratic", "scheduler"] = "quadratic",
     threads: Annotated[int, Field(ge=0)] = 0,
 ) -> DigitsDomain:
     """Build the digits domain from (shipped) weights.
@@ -199,6 +261,8 @@ def build(
         reward_target: a fixed digit for `reward` when the condition carries no y (DDPO/backprop).
         gradient_checkpointing: recompute each denoiser call in backward (saves memory).
         reference_samples: pre-trained samples drawn once for the distance metrics.
+        spacing: "quadratic" (dense near t = 0; balances the per-step KL) or "scheduler" (the
+            scheduler's own "trailing" spacing).
         threads: torch CPU threads (0 = leave as is).
 
     Returns:
@@ -215,5 +279,5 @@ def build(
         unet, scheduler, load_classifier(root / "digits_classifier"), load_classifier(root / "digits_eval_classifier"),
         num_steps=num_steps, eta=eta, lora_rank=lora_rank, lora_targets=tuple(lora_targets),
         reward_target=reward_target, gradient_checkpointing=gradient_checkpointing,
-        reference_samples=reference_samples,
+        reference_samples=reference_samples, spacing=spacing,
     )

@@ -4,7 +4,8 @@
 
 writes a diffusers-layout folder (`unet/`, `scheduler/`) with the EMA weights, plus
 `pretrain_log.json` (loss curve, settings, wall time). The recipe `images/digits_pretrain` runs
-the same loop through the trainer (`DigitsPretrainer`).
+the same loss through the trainer (`build_pretrain` + `DigitsPretrain`); its final evaluation
+writes the EMA weights to `<run>/eval/.../model`.
 """
 
 from __future__ import annotations
@@ -141,3 +142,101 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------------------------------ trainer path
+class PretrainDomain:
+    """The digits pre-training "domain" for `rldiff run images/digits_pretrain`: the training images,
+    a fresh UNet + its EMA copy, and an `evaluate` that judges EMA samples and saves the EMA weights.
+
+    Attributes:
+        denoiser / ema: PixelDenoiser being trained and its moving average (what gets saved).
+        x: [N, 1, 16, 16] "train"-split digits (labels unused).
+    """
+
+    def __init__(self, num_steps: int = 20, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.x, _ = load_digits("train")
+        self.scheduler = build_digits_scheduler()
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.float()
+        self.denoiser = PixelDenoiser(build_digits_unet()).train()
+        self.ema = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
+        self.num_steps = num_steps
+        self.sample_shape = (1, 16, 16)
+
+    def save(self, out: str | Path) -> Path:
+        """Write the EMA model in the diffusers layout the digits domain loads (unet/, scheduler/)."""
+        out = Path(out)
+        unet = copy.deepcopy(self.ema.unet)
+        unet.class_embedding = None
+        unet.save_pretrained(out / "unet", safe_serialization=True)
+        self.scheduler.save_pretrained(out / "scheduler")
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, samples: dict[str, Any], out_dir: Path) -> dict[str, float]:
+        """Save the EMA weights to `out_dir/model` and score the samples with the shipped independent
+        classifier (class balance, FD to the held-out digits, diversity)."""
+        from domains.images.digits import sample_quality
+
+        self.save(Path(out_dir) / "model")
+        return sample_quality(samples["x0"], Path(out_dir))
+
+
+def build_pretrain(num_steps: Annotated[int, Field(ge=1)] = 20, seed: Annotated[int, Field(ge=0)] = 0) -> PretrainDomain:
+    """The pre-training domain (fresh UNet, digits "train" split).
+
+    Args:
+        num_steps: DDIM steps of the samples drawn at evaluation.
+        seed: initialisation seed.
+    """
+    return PretrainDomain(num_steps=num_steps, seed=seed)
+
+
+class DigitsPretrain:
+    """The eps-prediction loss as an `Algorithm` (`rldiff.train.protocol`), with an EMA of the weights.
+
+    Args:
+        domain: a PretrainDomain (injected by the trainer).
+        accelerator: the run's accelerator (injected; optional).
+        lr: AdamW learning rate (the trainer's `lr_schedule` / `warmup_steps` scale it).
+        batch_size: images per update.
+        ema_decay: EMA decay (with warm-up min(decay, (1 + step) / (10 + step))).
+        grad_clip: gradient-norm clipping.
+    """
+
+    def __init__(self, domain: PretrainDomain, accelerator: Any = None, *,
+                 lr: Annotated[float, Field(gt=0)] = 2e-3, batch_size: Annotated[int, Field(ge=1)] = 64,
+                 ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.995,
+                 grad_clip: Annotated[float, Field(gt=0)] = 1.0) -> None:
+        self.domain = domain
+        self.batch_size, self.ema_decay, self.grad_clip = batch_size, ema_decay, grad_clip
+        self.optimizer = torch.optim.AdamW(domain.denoiser.parameters(), lr=lr, weight_decay=0.0)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"denoiser": self.domain.denoiser, "ema": self.domain.ema}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adamw": self.optimizer}
+
+    def update(self, step: int, generator: torch.Generator) -> dict[str, float]:
+        d = self.domain
+        idx = torch.randint(0, len(d.x), (self.batch_size,), generator=generator)
+        loss = diffusion_loss(d.denoiser, d.x[idx], d.alphas_cumprod, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(d.denoiser.parameters(), self.grad_clip)
+        self.optimizer.step()
+        ema_update(d.ema, d.denoiser, self.ema_decay, step)
+        return {"loss": loss.item(), "grad_norm": float(gnorm)}
+
+    @torch.no_grad()
+    def sample(self, num: int, generator: torch.Generator) -> dict[str, Any]:
+        from rldiff.core.gaussian import GaussianPolicy
+        from rldiff.core.rollout import rollout
+
+        d = self.domain
+        policy = GaussianPolicy.from_scheduler(d.ema, d.scheduler, d.num_steps, eta=1.0)
+        x0 = torch.cat([rollout(policy, min(500, num - i), None, generator=generator, shape=d.sample_shape,
+                                keep_states=False).x0 for i in range(0, num, 500)])
+        return {"x0": x0.clamp(-1, 1)}

@@ -540,3 +540,9 @@ def load_image_classifier(path: str | Path, clip_path: str | None = None) -> Ima
         clf = ImageClassifier(**cfg, temperature=meta["temperature"])
         clf.load_state_dict(load_file(str(path)))
     return clf.eval().requires_grad_(False)
+
+
+def aesthetic_classes(clip_path: str, head_path: str, thresholds: list[float] = [5.7]) -> LevelClasses:  # noqa: B006
+    """Aesthetic levels measured by the LAION predictor: 2 classes at 5.7 (the CTRL code's threshold)."""
+    return LevelClasses(aesthetic_score(clip_path, head_path), thresholds,
+                        names=None if len(thresholds) != 1 else [f"aesthetic<{thresholds[0]:g}", f"aesthetic>={thresholds[0]:g}"])

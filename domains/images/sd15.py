@@ -68,7 +68,7 @@ def load_pipeline(model: str | os.PathLike, dtype: Dtype = "fp32", device: str |
         )
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(path) if looks_local else str(model), torch_dtype=DTYPES[dtype], safety_checker=None,
+            str(path) if looks_local else str(model), dtype=DTYPES[dtype], safety_checker=None,
             requires_safety_checker=False,
         )
     except (OSError, ValueError) as err:
@@ -455,7 +455,7 @@ class _TensorFeatures(nn.Module):
 
 
 def clip_score(images: Tensor, prompts: Sequence[str], clip_model: str | os.PathLike) -> float:
-    """torchmetrics' CLIP score (100 * max(cos, 0), averaged) with a CLIP model from a local folder.
+    """torchmetrics' CLIP score, max(100 * mean cosine(image, text), 0), with a CLIP model from a local folder.
 
     Args:
         images: [N, 3, H, W] in [-1, 1].
@@ -509,7 +509,7 @@ def brisque_score(images: Tensor, svm_weights: str | os.PathLike | None = None) 
 def build(
     model: str = "runwayml/stable-diffusion-v1-5",
     dtype: Dtype = "fp32",
-    device: str = "cpu",
+    device: str = "auto",
     prompts: str | list[str] = "simple_animals",
     prompt_file: str | None = None,
     num_steps: Annotated[int, Field(ge=1, le=1000)] = 50,
@@ -532,7 +532,7 @@ def build(
     Args:
         model: local diffusers folder or hub id.
         dtype: "fp32" | "fp16" | "bf16" for the frozen networks (LoRA stays fp32).
-        device: "cpu", "cuda", ...
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
         prompts: shipped prompt set name or a list of prompts.
         prompt_file: a file with one prompt per line (overrides `prompts`).
         num_steps: DDIM steps (paper: 50).
@@ -548,6 +548,8 @@ def build(
         clip_model: local CLIP folder for the evaluation's CLIP score (None = skip).
         brisque: report BRISQUE (needs piq).
     """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = load_pipeline(model, dtype=dtype, device=device)
     return SD15Domain(
         pipe, load_prompts(prompts, prompt_file), num_steps=num_steps, eta=eta, guidance_scale=guidance_scale,
