@@ -161,8 +161,7 @@ class DNADomain:
     def _baseline_elbo(self) -> float:
         b = self.baseline()
         if b.elbo is None:
-            b.elbo = float(torch.cat([self.pretrained_elbo(b.tokens[i : i + 256])
-                                      for i in range(0, len(b.tokens), 256)]).mean())
+            b.elbo = float(self.pretrained_elbo(b.tokens[:256]).mean())  # 256 samples: s.e.m. ~0.5 nats
         return b.elbo
 
     def real_tokens(self) -> dict[int, Tensor]:
