@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument("--inner-epochs", type=int, default=1)
     p.add_argument("--minibatches", type=int, default=1)
     p.add_argument("--normalize-advantages", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0, help="extra classifier temperature inside the reward")
+    p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--lora-rank", type=int, default=8)
@@ -50,7 +52,8 @@ def main() -> None:
     domain = build(num_steps=a.steps, lora_rank=a.lora_rank, lora_targets=tuple(a.targets.split(",")), reference_samples=200)
     algo = CTRL(domain, gamma=a.gamma, mode=a.mode, batch_size=a.batch, lr=a.lr, embedding_lr=a.embedding_lr,
                 grad=a.grad, k=a.k, weight_decay=0.0, clip_range=a.clip_range, inner_epochs=a.inner_epochs,
-                num_minibatches=a.minibatches, normalize_advantages=a.normalize_advantages)
+                num_minibatches=a.minibatches, normalize_advantages=a.normalize_advantages,
+                temperature=a.temperature, kl_weight=a.kl_weight)
     log, t0, step, train_s = [], time.time(), 0, 0.0
     g = torch.Generator().manual_seed(a.seed)
     while train_s / 60 < a.minutes:

@@ -112,7 +112,7 @@ def test_evaluate_on_real_digits_reproduces_the_judges_accuracy(domain, tmp_path
     metrics = domain.evaluate({"x0": x[:300], "y": y[:300]}, tmp_path)
     with torch.no_grad():
         expected = (domain.eval_classifier(x[:300]).argmax(-1) == y[:300]).float().mean().item()
-    assert metrics["accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert metrics["accuracy"] == pytest.approx(expected, abs=1e-6)  # float32 mean vs exact fraction
     assert 0.9 < metrics["macro_f1"] <= 1.0
     assert metrics["fd_real_to_real"] < metrics["fd_pretrained_to_real"]
     assert metrics["diversity"] == pytest.approx(metrics["diversity_real"], rel=0.2)
