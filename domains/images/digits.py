@@ -193,7 +193,7 @@ class DigitsDomain:
             pixel distance; real held-out digits score `diversity_real`), fd_to_pretrained
             (Frechet distance to the pre-trained model's samples in the eval classifier's feature
             space), fd_to_pretrained_same_class (fine-tuned "k"s vs pre-trained samples judged "k",
-            averaged over k; small-sample biased upwards), fd_to_real (to the held-out digits; the
+            in the judge's logit space, averaged over k), fd_to_real (to the held-out digits; the
             pre-trained model scores `fd_pretrained_to_real`, train vs held-out digits
             `fd_real_to_real`). Without y: the `sample_quality` metrics.
         """
@@ -219,9 +219,12 @@ class DigitsDomain:
             metrics.update({k: quality[k] for k in ("fd_to_real", "fd_real_to_real", "diversity_real")})
             metrics["diversity"] = within_class_diversity(x0, y)
             labels = y
-            # per class: the fine-tuned "k"s against the pre-trained samples the judge calls "k"
-            ref_pred = torch.cat([judge(ref[i:i + 512]) for i in range(0, len(ref), 512)]).argmax(-1)
-            per = [frechet_distance(f_x[y == k], f_ref[ref_pred == k]) for k in range(self.num_labels)
+            # per class: the fine-tuned "k"s against the pre-trained samples the judge calls "k", in
+            # the judge's 10-d logit space (100 samples per class cannot fill a 192-d covariance)
+            l_x = torch.cat([judge(x0[i:i + 512]) for i in range(0, len(x0), 512)])
+            l_ref = torch.cat([judge(ref[i:i + 512]) for i in range(0, len(ref), 512)])
+            ref_pred = l_ref.argmax(-1)
+            per = [frechet_distance(l_x[y == k], l_ref[ref_pred == k]) for k in range(self.num_labels)
                    if int((y == k).sum()) >= 2 and int((ref_pred == k).sum()) >= 2]
             if per:
                 metrics["fd_to_pretrained_same_class"] = float(sum(per) / len(per))

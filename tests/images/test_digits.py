@@ -116,6 +116,10 @@ def test_evaluate_on_real_digits_reproduces_the_judges_accuracy(domain, tmp_path
     assert 0.9 < metrics["macro_f1"] <= 1.0
     assert metrics["fd_real_to_real"] < metrics["fd_pretrained_to_real"]
     assert metrics["diversity"] == pytest.approx(metrics["diversity_real"], rel=0.2)
+    # real "k"s resemble the pre-trained model's "k"s far more than its "(k+1)"s do
+    shifted = domain.evaluate({"x0": x[:300], "y": (y[:300] + 1) % 10}, tmp_path / "shifted")
+    assert 0 < 5 * metrics["fd_to_pretrained_same_class"] < shifted["fd_to_pretrained_same_class"]
+    assert shifted["accuracy"] < 0.05
     from PIL import Image
 
     grid = Image.open(tmp_path / "grid.png")
