@@ -3,6 +3,8 @@
     rldiff ls                                    shipped recipes and what they do
     rldiff run toy/ctrl train.steps=100          validate, then train; prints where outputs are
     rldiff run toy/ctrl resume=runs/toy/ctrl/X   continue an interrupted run in place
+    rldiff run toy/ctrl scale.num_workers=2      train on 2 Ray workers (a local Ray on 127.0.0.1)
+    rldiff launch toy/ctrl --address HOST:PORT   train on an existing Ray cluster (docs/ray.md)
     rldiff eval runs/toy/ctrl/X --samples 5000   evaluate a run's latest checkpoint
     rldiff validate my_recipe.yaml               check a recipe without running it
     rldiff cp toy/ctrl my_recipe.yaml            copy a shipped recipe to edit it
@@ -14,6 +16,8 @@ training fails, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -48,6 +52,10 @@ RESUMABLE_CHANGES = (
     "train.keep_checkpoints",
     "train.eval_samples",
     "logging",
+    "scale.address",
+    "scale.max_failures",
+    "scale.placement_strategy",
+    "scale.dashboard",
 )
 _OUTPUTS = (
     ("config.yaml", "the resolved recipe"),
@@ -74,7 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status.
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]  # KEY=VALUE overrides given after options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
     except (RecipeError, CommandError) as err:
@@ -115,6 +128,43 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=overrides_help)
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.set_defaults(handler=_run)
+
+    launch = commands.add_parser(
+        "launch",
+        help="train a recipe on a Ray cluster",
+        formatter_class=raw,
+        description="Like `rldiff run`, on the Ray cluster at ADDRESS: ray.train's TorchTrainer\n"
+        "runs the training loop on the recipe's scale.num_workers workers (--workers\n"
+        "overrides it), each sampling batch_size / workers trajectories per update. The\n"
+        "run directory must be on a filesystem every node of the cluster sees. Token\n"
+        "authentication: give this process the cluster's token (RAY_AUTH_TOKEN,\n"
+        "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). See docs/ray.md.\n\n"
+        "`rldiff launch RECIPE --address A --workers N` is `rldiff run RECIPE\n"
+        "scale.address=A scale.num_workers=N`; to start a local Ray instead, use\n"
+        "`rldiff run RECIPE scale.num_workers=N`.",
+        epilog="examples:\n  rldiff launch toy/ctrl --address 127.0.0.1:6379 --workers 2\n"
+        "  rldiff launch toy/ctrl --address auto train.steps=100\n"
+        "  ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\\n"
+        "      rldiff launch toy/ctrl --address auto --workers 4",
+    )
+    launch.add_argument("recipe", metavar="RECIPE", help="shipped recipe name or YAML path")
+    launch.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help=overrides_help)
+    launch.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster: HOST:PORT (its GCS port), 'auto' or ray://HOST:PORT; default: the "
+        "recipe's scale.address, else RAY_ADDRESS",
+    )
+    launch.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                        help="number of workers (scale.num_workers)")
+    launch.add_argument("--cpus-per-worker", type=float, default=None, metavar="C",
+                        help="CPUs per worker (scale.cpus_per_worker)")
+    launch.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                        help="GPUs per worker (scale.gpus_per_worker)")
+    launch.add_argument("--max-failures", type=int, default=None, metavar="K",
+                        help="worker-group restarts from the last checkpoint (scale.max_failures)")
+    launch.add_argument("--no-progress", action="store_true", help="hide the progress lines")
+    launch.set_defaults(handler=_launch)
 
     validate = commands.add_parser(
         "validate",
@@ -166,6 +216,11 @@ def _run(args: argparse.Namespace) -> int:
     overrides, resume = _split_resume(args.overrides)
     recipe = load_recipe(args.recipe, overrides)
     command = shlex.join(["rldiff", "run", args.recipe, *args.overrides])
+    from rldiff.scale.ray_train import check_scale, wants_ray
+
+    use_ray = wants_ray(recipe.config.scale)
+    if use_ray and (problems := check_scale(recipe.config)):
+        raise recipe.error(problems[0].key, problems[0].message)
     run_dir = _resume_dir(recipe, resume) if resume is not None else _new_run_dir(recipe)
     from rldiff.train.trainer import TrainingError, train  # heavy imports, only when training
 
@@ -175,19 +230,32 @@ def _run(args: argparse.Namespace) -> int:
     resume_line = shlex.join(["rldiff", "run", str(run_dir / CONFIG_FILE), f"resume={run_dir}"])
     header = f"# {command}\n# continue this run: {resume_line}\n"
     (run_dir / CONFIG_FILE).write_text(header + text, encoding="utf-8")
-    if recipe.config.scale is not None:
-        print(
-            "note: `scale:` is for distributed runs; `rldiff run` trains in this process",
-            file=sys.stderr,
-        )
     try:
-        result = train(
-            recipe.config,
-            run_dir,
-            resume=resume is not None,
-            command=command,
-            show_progress=not args.no_progress,
-        )
+        if use_ray:
+            from rldiff.scale.cluster import RayStartError
+            from rldiff.scale.ray_train import train_distributed
+
+            scale = recipe.config.scale
+            where = f"the Ray cluster at {scale.address}" if scale.address else "a local Ray"
+            print(f"training on {scale.num_workers} worker(s) on {where}", flush=True)
+            try:
+                result = train_distributed(
+                    recipe.config,
+                    run_dir,
+                    resume=resume is not None,
+                    command=command,
+                    show_progress=not args.no_progress,
+                )
+            except RayStartError as err:
+                raise TrainingError(str(err)) from err
+        else:
+            result = train(
+                recipe.config,
+                run_dir,
+                resume=resume is not None,
+                command=command,
+                show_progress=not args.no_progress,
+            )
     except TrainingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -202,6 +270,30 @@ def _run(args: argparse.Namespace) -> int:
         print("Final evaluation: " + _format_metrics(result.eval_metrics))
     print(f"Evaluate again: rldiff eval {shlex.quote(str(run_dir))}")
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    flags = {
+        "scale.address": args.address,
+        "scale.num_workers": args.workers,
+        "scale.cpus_per_worker": args.cpus_per_worker,
+        "scale.gpus_per_worker": args.gpus_per_worker,
+        "scale.max_failures": args.max_failures,
+    }
+    extra = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    args.overrides = [*args.overrides, *extra]
+    if args.address is None:
+        overrides, _ = _split_resume(args.overrides)
+        scale = load_recipe(args.recipe, overrides).config.scale
+        if (scale is None or scale.address is None) and not os.environ.get("RAY_ADDRESS"):
+            raise CommandError(
+                "rldiff launch needs a Ray cluster: pass --address HOST:PORT (or 'auto'), set "
+                "scale.address in the recipe, or set RAY_ADDRESS. To start a local Ray instead, "
+                f"run: rldiff run {args.recipe} scale.num_workers=N"
+            )
+        if scale is None or scale.address is None:
+            args.overrides.append(f"scale.address={json.dumps(os.environ['RAY_ADDRESS'])}")
+    return _run(args)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -112,14 +112,39 @@ class LoggingSection(_Section):
 
 
 class ScaleSection(_Section):
-    """The `scale:` section, reserved for Ray-distributed runs (`null` = one process)."""
+    """The `scale:` section: data-parallel training on Ray (`rldiff.scale`, docs/ray.md).
+
+    `rldiff run` trains in its own process unless `num_workers > 1` or an `address` is given; then
+    `ray.train.torch.TorchTrainer` runs the same training loop on `num_workers` workers, each
+    sampling `algorithm.batch_size / num_workers` trajectories per update.
+    """
 
     num_workers: Annotated[int, Field(ge=1, description="Ray workers, an integer >= 1")] = 1
     cpus_per_worker: Annotated[float, Field(gt=0, description="CPUs per worker, > 0")] = 1.0
     gpus_per_worker: Annotated[float, Field(ge=0, description="GPUs per worker, >= 0")] = 0.0
     address: Annotated[
-        str | None, Field(description="Ray cluster address; null = a local cluster")
+        str | None,
+        Field(
+            description="Ray cluster address: null = start a local Ray on 127.0.0.1, 'auto' = "
+            "the running cluster (RAY_ADDRESS), 'host:port' or 'ray://host:port'"
+        ),
     ] = None
+    max_failures: Annotated[
+        int,
+        Field(
+            ge=-1,
+            description="worker-group restarts from the last checkpoint after a worker dies, "
+            "an integer >= 0 (-1 = unlimited)",
+        ),
+    ] = 0
+    placement_strategy: Annotated[
+        Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],
+        Field(description="how workers are placed on nodes: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD"),
+    ] = "PACK"
+    dashboard: Annotated[
+        bool,
+        Field(description="start Ray's dashboard (on 127.0.0.1) with a local Ray, true/false"),
+    ] = False
 
 
 class RecipeConfig(_Section):

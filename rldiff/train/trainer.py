@@ -9,6 +9,13 @@ update `i` receives `torch.Generator().manual_seed(derive_seed(seed, "update", i
 evaluation after `n` updates `derive_seed(seed, "eval", n)`. Draws therefore depend only on the
 seed and the step, and a resumed run reproduces an uninterrupted one bit for bit.
 
+Data parallel (N processes: Ray Train workers, `accelerate launch`): process `r` builds the
+algorithm with `batch_size / N` (`per_process_config`) and draws update `i` from
+`derive_seed(seed, "update", i, r)` (`update_seed`), so each process samples its own share of the
+batch; the algorithms average gradients over processes (`rldiff.algorithms.common.sync_gradients`)
+and the trainer averages the returned metrics, so N processes x batch B/N follow the same
+objective as one process x batch B. Only the main process (rank 0) writes files.
+
 Run directory after `train`:
 
     config.yaml        (written by the CLI) the resolved recipe
@@ -25,8 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +44,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from rldiff.config.instantiate import instantiate
+from rldiff.config.instantiate import instantiate, resolve_import_path
 from rldiff.config.schema import RecipeConfig
 from rldiff.train.checkpoint import (
     checkpoint_name,
@@ -59,6 +68,9 @@ EVAL_DIR = "eval"
 EVAL_FILE = "eval.json"
 PLOTS_DIR = "plots"
 SUMMARY_FILE = "summary.md"
+
+#: `report(updates_done, metrics, checkpoint_folder_or_None)`, see `train`.
+ReportFn = Callable[[int, dict[str, float], "Path | None"], None]
 
 
 class TrainingError(RuntimeError):
@@ -113,6 +125,64 @@ def derive_seed(seed: int, *keys: int | str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
+def update_seed(seed: int, step: int, rank: int = 0, world_size: int = 1) -> int:
+    """The seed of update `step`'s generator on process `rank` of `world_size`.
+
+    One process draws from `derive_seed(seed, "update", step)`; with several data-parallel
+    processes each draws its own share from `derive_seed(seed, "update", step, rank)`.
+
+    Args:
+        seed: The run's seed.
+        step: The update index (0-based).
+        rank: This process's index among the data-parallel processes.
+        world_size: The number of data-parallel processes.
+
+    Returns:
+        A seed for `torch.Generator().manual_seed`.
+    """
+    if world_size == 1:
+        return derive_seed(seed, "update", step)
+    return derive_seed(seed, "update", step, rank)
+
+
+def per_process_config(config: RecipeConfig, num_processes: int) -> RecipeConfig:
+    """The recipe one of `num_processes` data-parallel processes runs: `algorithm.batch_size`
+    (the recipe's value, or the algorithm's default) divided by `num_processes`.
+
+    Algorithms without a `batch_size` parameter are left unchanged.
+
+    Args:
+        config: A validated recipe; its `algorithm.batch_size` is the global batch.
+        num_processes: The number of data-parallel processes (>= 1).
+
+    Returns:
+        `config` itself for one process, otherwise a copy with the per-process batch size.
+
+    Raises:
+        TrainingError: The batch size is not a multiple of `num_processes`.
+    """
+    if num_processes == 1:
+        return config
+    algorithm = dict(config.algorithm)
+    batch = algorithm.get("batch_size")
+    if batch is None:
+        try:
+            params = inspect.signature(resolve_import_path(algorithm["_component_"])).parameters
+        except (TypeError, ValueError):
+            return config
+        if "batch_size" not in params or params["batch_size"].default is inspect.Parameter.empty:
+            return config
+        batch = params["batch_size"].default
+    if batch % num_processes:
+        raise TrainingError(
+            f"algorithm.batch_size={batch} (the global batch) is not a multiple of the "
+            f"{num_processes} data-parallel processes; choose a batch size divisible by "
+            f"{num_processes} or another number of workers"
+        )
+    algorithm["batch_size"] = batch // num_processes
+    return config.model_copy(update={"algorithm": algorithm})
+
+
 def make_accelerator(config: RecipeConfig) -> Accelerator:
     """The `accelerate.Accelerator` a recipe's `train:` section asks for."""
     return Accelerator(
@@ -126,7 +196,9 @@ def build(config: RecipeConfig, accelerator: Accelerator) -> tuple[Domain, Algor
     """Build a recipe's domain, then its algorithm (given `domain=` and `accelerator=`).
 
     Construction is seeded with `derive_seed(config.seed, "build")` so that parameters that are
-    not checkpointed (frozen pre-trained weights, fixed datasets) come out the same every time.
+    not checkpointed (frozen pre-trained weights, fixed datasets) come out the same every time
+    (and on every data-parallel process). With several processes the algorithm gets the
+    per-process batch size (`per_process_config`).
 
     Args:
         config: A validated recipe.
@@ -138,6 +210,7 @@ def build(config: RecipeConfig, accelerator: Accelerator) -> tuple[Domain, Algor
     Raises:
         TrainingError: The built objects lack methods the training loop calls.
     """
+    config = per_process_config(config, accelerator.num_processes)
     set_seed(derive_seed(config.seed, "build") % 2**32)
     domain = instantiate(config.domain)
     _require_methods(domain, Domain, config.domain["_component_"])
@@ -153,8 +226,12 @@ def train(
     resume: bool = False,
     command: str = "",
     show_progress: bool = True,
+    report: ReportFn | None = None,
 ) -> TrainResult:
     """Run (or continue) a training run.
+
+    Runs unchanged in one process or in each of N data-parallel processes (Ray Train workers,
+    `accelerate launch`); see the module docstring for how the batch and the draws are shared.
 
     Args:
         config: A validated recipe (`rldiff.config.load_recipe(...).config`).
@@ -163,6 +240,11 @@ def train(
             none): later checkpoints and `metrics.jsonl` entries of the interrupted run are dropped.
         command: The command line that started the run, for `summary.md`.
         show_progress: Show a tqdm progress bar (on the main process).
+        report: Called on every process after each logged update and after each checkpoint, as
+            `report(updates_done, metrics, checkpoint)`: the metrics logged for that step (train
+            metrics, plus `eval/...` after an evaluation) and the checkpoint folder just committed
+            (None when none was written). Every process calls it at the same steps, so it may be
+            a collective such as `ray.train.report`.
 
     Returns:
         The steps completed and the final metrics.
@@ -177,6 +259,7 @@ def train(
     t = config.train
     accelerator = make_accelerator(config)
     main = accelerator.is_main_process
+    rank, world_size = accelerator.process_index, accelerator.num_processes
     domain, algorithm = build(config, accelerator)
     base_lrs = _base_learning_rates(algorithm)  # before a checkpoint overwrites them with decayed ones
 
@@ -217,10 +300,11 @@ def train(
     with logger, bar:
         for step in range(start, t.steps):
             _set_learning_rates(algorithm, base_lrs, lr_factor(t.lr_schedule, step, t.steps, t.warmup_steps))
-            generator = torch.Generator().manual_seed(derive_seed(config.seed, "update", step))
-            train_metrics = {
-                name: float(v) for name, v in algorithm.update(step, generator).items()
-            }
+            generator = torch.Generator().manual_seed(update_seed(config.seed, step, rank, world_size))
+            train_metrics = _mean_over_processes(
+                {name: float(v) for name, v in algorithm.update(step, generator).items()},
+                accelerator,
+            )
             done = step + 1
             _check_finite(train_metrics, done, ckpt_dir)
             bar.set_postfix(
@@ -228,16 +312,20 @@ def train(
             )
             bar.update(1)
             last = done == t.steps
+            logged: dict[str, float] = {}
             if done % t.log_every == 0 or last:
                 logger.log(done, train_metrics)
+                logged.update(train_metrics)
             if t.eval_samples and (last or (t.eval_every and done % t.eval_every == 0)):
                 result = _evaluate(algorithm, domain, config, run_dir, done, t.eval_samples, main)
                 eval_metrics = result.metrics
                 logger.log(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                logged.update({f"eval/{k}": v for k, v in eval_metrics.items()})
                 if last and main:
                     _write_eval_json(run_dir, result)
+            saved = None
             if last or (t.checkpoint_every and done % t.checkpoint_every == 0):
-                save_checkpoint(
+                saved = save_checkpoint(
                     ckpt_dir,
                     done,
                     algorithm,
@@ -245,6 +333,8 @@ def train(
                     seed=config.seed,
                     keep=t.keep_checkpoints,
                 )
+            if report is not None and (logged or saved is not None):
+                report(done, logged, saved)
 
         if t.steps == 0:  # a sampling-only recipe (guidance baselines): evaluate the built policy
             if t.eval_samples:
@@ -253,7 +343,11 @@ def train(
                 logger.log(0, {f"eval/{k}": v for k, v in eval_metrics.items()})
                 if main:
                     _write_eval_json(run_dir, result)
-            save_checkpoint(ckpt_dir, 0, algorithm, accelerator, seed=config.seed, keep=t.keep_checkpoints)
+            saved = save_checkpoint(
+                ckpt_dir, 0, algorithm, accelerator, seed=config.seed, keep=t.keep_checkpoints
+            )
+            if report is not None:
+                report(0, {f"eval/{k}": v for k, v in eval_metrics.items()}, saved)
 
     if main:
         entries = read_metrics(metrics_path)
@@ -334,6 +428,22 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     if schedule == "linear":
         return 1.0 - frac
     return 1.0
+
+
+def _mean_over_processes(metrics: dict[str, float], accelerator: Accelerator) -> dict[str, float]:
+    """Average scalar metrics over data-parallel processes (a no-op in one process).
+
+    Each process reports metrics of its own share of the batch; their mean is the metric of the
+    whole batch for means over samples (reward, loss, accuracy), and leaves quantities that are
+    already synchronised (the gradient norm after `sync_gradients`) unchanged.
+    """
+    if accelerator.num_processes == 1 or not metrics:
+        return metrics
+    names = sorted(metrics)
+    values = torch.tensor([metrics[n] for n in names], dtype=torch.float64, device=accelerator.device)
+    values = accelerator.reduce(values, reduction="mean").cpu()
+    mean = {name: float(v) for name, v in zip(names, values)}
+    return {name: mean[name] for name in metrics}  # the algorithm's order
 
 
 def _base_learning_rates(algorithm: Algorithm) -> dict[str, list[float]]:
