@@ -11,35 +11,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from torch import Tensor, nn
 
 #: The architecture of the shipped digits model (~0.65M parameters; self-attention in the 8x8 mid block).
-DIGITS_UNET_CONFIG: dict[str, Any] = dict(
-    sample_size=16,
-    in_channels=1,
-    out_channels=1,
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    down_block_types=("DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D"),
-    norm_num_groups=8,
-    attention_head_dim=16,
-)
+DIGITS_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 16,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 8,
+    "attention_head_dim": 16,
+}
 
 #: The noise schedule of the digits model: Stable Diffusion's. (A cosine schedule ends at
 #: alpha-bar_999 ~ 2e-9, and a "trailing" DDIM step from t = 999 then amplifies eps errors ~1e4x.)
-DIGITS_SCHEDULER_CONFIG: dict[str, Any] = dict(
-    num_train_timesteps=1000,
-    beta_schedule="scaled_linear",
-    beta_start=0.00085,
-    beta_end=0.012,
-    clip_sample=False,
-    set_alpha_to_one=False,  # the last step lands on alpha-bar_0 < 1, so it keeps sigma > 0 (eta = 1)
-    timestep_spacing="trailing",
-    prediction_type="epsilon",
-)
+DIGITS_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "clip_sample": False,
+    "set_alpha_to_one": False,  # the last step lands on alpha-bar_0 < 1, so it keeps sigma > 0 (eta = 1)
+    "timestep_spacing": "trailing",
+    "prediction_type": "epsilon",
+}
 
 #: Where the shipped weights live (a diffusers layout: unet/ and scheduler/ sub-folders).
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "digits"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -218,7 +219,7 @@ class LevelClasses:
 
     def __init__(self, measure: Callable[..., Tensor], thresholds: Sequence[float], names: Sequence[str] | None = None) -> None:
         th = [float(t) for t in thresholds]
-        if not th or any(b <= a for a, b in zip(th, th[1:])):
+        if not th or any(b <= a for a, b in itertools.pairwise(th)):
             raise ValueError(f"thresholds must be a non-empty increasing list, got {list(thresholds)}")
         if names is not None and len(names) != len(th) + 1:
             raise ValueError(f"{len(th)} thresholds make {len(th) + 1} classes but {len(names)} names were given")
@@ -293,7 +294,7 @@ class ImageClassifier(nn.Module):
         self.config = {"num_classes": num_classes, "size": size, "width": width}
         chans = [3] + [width * min(2**i, 8) for i in range(4)]
         layers: list[nn.Module] = []
-        for a, b in zip(chans, chans[1:]):
+        for a, b in itertools.pairwise(chans):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(min(8, b), b), nn.SiLU()]
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(chans[-1], num_classes)

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from domains.images.lora import ReferenceView, add_lora, lora_parameters
-from domains.images.metrics import label_agreement, save_class_grids, save_grid
+from domains.images.metrics import label_agreement, save_class_grids
 from domains.images.rewards import LevelClasses, ProductClasses, to_uint8_hwc
 from rldiff.core.gaussian import GaussianPolicy
 

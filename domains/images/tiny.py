@@ -56,9 +56,9 @@ def tiny_tokenizer(folder: str | Path):
 
 
 def _text_config(tok) -> dict:
-    return dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                hidden_size=TEXT_DIM, intermediate_size=37, layer_norm_eps=1e-5, num_attention_heads=4,
-                num_hidden_layers=2, vocab_size=len(tok), max_position_embeddings=16)
+    return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+                "hidden_size": TEXT_DIM, "intermediate_size": 37, "layer_norm_eps": 1e-5, "num_attention_heads": 4,
+                "num_hidden_layers": 2, "vocab_size": len(tok), "max_position_embeddings": 16}
 
 
 def save_tiny_sd_pipeline(folder: str | Path, seed: int = 0, sample_size: int = 8) -> Path:
@@ -70,7 +70,12 @@ def save_tiny_sd_pipeline(folder: str | Path, seed: int = 0, sample_size: int = 
     Returns:
         folder.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     folder = Path(folder)
@@ -103,13 +108,15 @@ def save_tiny_clip(folder: str | Path, seed: int = 0, image_size: int = 32) -> P
     tok = tiny_tokenizer(folder / "_tokenizer_src")
     config = CLIPConfig(
         text_config=_text_config(tok),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                           image_size=image_size, patch_size=8),
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                           "image_size": image_size, "patch_size": 8},
         projection_dim=PROJECTION_DIM,
     )
     CLIPModel(config).save_pretrained(folder)
     try:
-        from transformers import CLIPImageProcessorPil as _ImageProcessor  # transformers 5 without torchvision
+        from transformers import (
+            CLIPImageProcessorPil as _ImageProcessor,  # transformers 5 without torchvision
+        )
     except ImportError:  # pragma: no cover
         _ImageProcessor = CLIPImageProcessor
     image_processor = _ImageProcessor(size={"shortest_edge": image_size},

@@ -38,7 +38,12 @@ def test_recipe_validates_and_opens_with_its_command(name):
 @pytest.fixture(scope="module")
 def tiny_classifiers(tiny_models, tmp_path_factory):
     """Untrained but well-formed classifier files of the kinds the SD recipes load."""
-    from domains.images.rewards import ClipHeadClassifier, ImageClassifier, load_clip, save_image_classifier
+    from domains.images.rewards import (
+        ClipHeadClassifier,
+        ImageClassifier,
+        load_clip,
+        save_image_classifier,
+    )
 
     root = tmp_path_factory.mktemp("tiny_classifiers")
     torch.manual_seed(0)
