@@ -99,8 +99,11 @@ class RewardBackprop:
                                  keep_states=False)
             r = check_reward(self.reward(traj.x0, cond), self.batch_size, "reward")
             loss = backprop_loss(traj, r, self.reward_scale, self.kl_weight)
-        backward_fn(self.accelerator)(loss)
-        gnorm = clip_and_step(self.optimizer, self.params, self.max_grad_norm)
+        if loss.requires_grad:
+            backward_fn(self.accelerator)(loss)
+            gnorm = clip_and_step(self.optimizer, self.params, self.max_grad_norm)
+        else:  # grad="random" drew no gradient step this time: there is nothing to update
+            gnorm = 0.0
         out = {"loss": loss.item(), "reward": r.mean().item(), "grad_norm": gnorm,
                "reference_calls": float(traj.num_reference_calls)}
         if traj.kl_logged is not None:
