@@ -230,7 +230,7 @@ def load_table(path: str | Path, seq_col: str = "sequence", label_col: str | Non
     src = str(path)
     text = _read_text(path)
     if sep is None:
-        stem = path.name[:-3] if path.name.endswith(".gz") else path.name
+        stem = path.name.removesuffix(".gz")
         sep = "\t" if stem.endswith((".tsv", ".txt")) else ","
     try:
         df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
@@ -318,7 +318,7 @@ def load_fasta(path: str | Path, label_names: Sequence[str] | None = None, lengt
 def load_sequences(path: str | Path, **kwargs) -> SequenceSet:
     """Dispatch on the extension: .fa/.fasta/.fna (optionally .gz) -> `load_fasta`, else `load_table`."""
     name = Path(path).name.lower()
-    stem = name[:-3] if name.endswith(".gz") else name
+    stem = name.removesuffix(".gz")
     if stem.endswith((".fa", ".fasta", ".fna")):
         return load_fasta(path, **kwargs)
     return load_table(path, **kwargs)

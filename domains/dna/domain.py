@@ -220,7 +220,7 @@ def build(
         torch.set_num_threads(threads)
     clf = load_grelu(classifier)
     if not isinstance(clf, GReLUClassifier):
-        raise ValueError(f"{classifier}: a regression model, but the CTRL classifier must be a classifier")
+        raise TypeError(f"{classifier}: a regression model, but the CTRL classifier must be a classifier")
     orc = load_grelu(oracle) if oracle else None
     base = read_baseline(baseline_samples) if baseline_samples and Path(baseline_samples).is_file() else None
     return DNADomain(load_denoiser(denoiser), clf, orc, num_steps=num_steps, lora_rank=lora_rank,

@@ -203,20 +203,20 @@ def main(argv: list[str] | None = None) -> None:
     n_params = count_parameters(domain.denoiser)
     print(f"denoiser: {n_params} parameters; {len(domain.train_tokens)} training sequences", flush=True)
     t0, losses, step = time.time(), [], 0
-    log = open(out_dir / "metrics.jsonl", "w")
-    for step in range(cfg.train.steps):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        m = algo.update(step, g)
-        losses.append(m["loss"])
-        if (step + 1) % cfg.train.log_every == 0:
-            rec = {"step": step + 1, "loss": sum(losses[-cfg.train.log_every:]) / cfg.train.log_every,
-                   "lr": m["lr"], "minutes": (time.time() - t0) / 60}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            print(json.dumps(rec), flush=True)
-        if (time.time() - t0) / 60 > max_minutes:
-            print(f"stopping at step {step + 1}: {max_minutes} minutes reached", flush=True)
-            break
+    with open(out_dir / "metrics.jsonl", "w") as log:
+        for step in range(cfg.train.steps):
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            m = algo.update(step, g)
+            losses.append(m["loss"])
+            if (step + 1) % cfg.train.log_every == 0:
+                rec = {"step": step + 1, "loss": sum(losses[-cfg.train.log_every:]) / cfg.train.log_every,
+                       "lr": m["lr"], "minutes": (time.time() - t0) / 60}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                print(json.dumps(rec), flush=True)
+            if (time.time() - t0) / 60 > max_minutes:
+                print(f"stopping at step {step + 1}: {max_minutes} minutes reached", flush=True)
+                break
     train_minutes = (time.time() - t0) / 60
     save_denoiser(algo.ema_net, out_dir / "denoiser.safetensors",
                   metadata={"steps": str(step + 1), "recipe": recipe.name})

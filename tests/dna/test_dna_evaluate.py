@@ -105,7 +105,7 @@ def test_evaluate_sequences_known_answers(tmp_path):
     assert all(isinstance(v, float) for v in m.values())
     back = load_fasta(tmp_path / "samples.fasta")
     assert back.sequences == hep + gm
-    assert "target=HepG2 oracle=HepG2" in open(tmp_path / "samples.fasta").read()
+    assert "target=HepG2 oracle=HepG2" in (tmp_path / "samples.fasta").read_text()
     assert (tmp_path / "motif_counts.png").stat().st_size > 1000
     assert json.loads((tmp_path / "metrics.json").read_text())["oracle_acc_GM12878"] == 1.0
 

@@ -93,7 +93,7 @@ def test_train_classifier_learns_a_planted_motif(tiny_arch):
         tokens[i, pos[i] : pos[i] + 6] = motif
     seqs = ["".join("ACGT"[v] for v in row) for row in tokens.tolist()]
     ds = SequenceSet(seqs, labels, ("a", "b"))
-    clf, info = train_classifier(ds, tiny_arch | {"stem_channels": 16, "channel_init": 16}, epochs=25,
+    _, info = train_classifier(ds, tiny_arch | {"stem_channels": 16, "channel_init": 16}, epochs=25,
                                  batch_size=32, lr=1e-2, patience=25, seed=0)
     assert info["val_accuracy"] >= 0.9
     assert info["temperature"] > 0

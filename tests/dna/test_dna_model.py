@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from domains.dna.model import DNADenoiser, LoRA, count_parameters, load_denoiser, save_denoiser, with_lora
+from domains.dna.model import (
+    DNADenoiser,
+    LoRA,
+    count_parameters,
+    load_denoiser,
+    save_denoiser,
+    with_lora,
+)
 from domains.dna.pretrain import mdlm_loss, reverse_complement
 from rldiff.core.masked import LogLinearSchedule, MaskedPolicy
 from rldiff.core.rollout import rollout

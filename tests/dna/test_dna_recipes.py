@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from rldiff.config import load_recipe, shipped_recipes
 
