@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from domains.dna.data import CELL_LINES, decode, load_dnase
