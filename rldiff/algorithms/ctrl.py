@@ -137,7 +137,7 @@ class CTRL:
         self.inner_epochs, self.num_minibatches = inner_epochs, num_minibatches
         self.normalize_advantages, self.soft_labels = normalize_advantages, soft_labels
         self.max_grad_norm = max_grad_norm
-        probs = torch.full((self.num_labels,), 1.0 / self.num_labels) if label_probs is None else torch.tensor(label_probs)
+        probs = torch.full((self.num_labels,), 1.0 / self.num_labels) if label_probs is None else torch.tensor(label_probs, dtype=torch.float)
         if probs.shape != (self.num_labels,) or (probs < 0).any() or abs(float(probs.sum()) - 1) > 1e-6:
             raise ValueError(f"label_probs must be {self.num_labels} non-negative numbers summing to 1, got {label_probs}")
         self.label_probs = probs
