@@ -299,6 +299,10 @@ def _launch(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     overrides, _ = _split_resume(args.overrides)
     recipe = load_recipe(args.recipe, overrides)
+    from rldiff.scale.ray_train import check_scale, wants_ray
+
+    if wants_ray(recipe.config.scale) and (problems := check_scale(recipe.config)):
+        raise recipe.error(problems[0].key, problems[0].message)
     print(f"{recipe.path}: valid")
     print(f"  description: {recipe.config.description}")
     print(f"  domain:      {recipe.config.domain['_component_']}")

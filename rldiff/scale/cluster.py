@@ -155,7 +155,9 @@ def connect(
                 f"could not start a local Ray (temp folder {folder}, logs in its session_*/logs): "
                 f"{type(err).__name__}: {err}"
             ) from err
-        outside = [n["NodeManagerAddress"] for n in ray.nodes() if not is_loopback(n["NodeManagerAddress"])]
+        outside = [
+            n["NodeManagerAddress"] for n in ray.nodes() if not is_loopback(n["NodeManagerAddress"])
+        ]
         if outside:
             ray.shutdown()
             raise RayStartError(f"the local Ray bound to {outside}, not to 127.0.0.1")

@@ -200,7 +200,9 @@ def _worker_loop(spec: dict[str, Any]) -> None:
         sys.stdout.flush()
     config: RecipeConfig = spec["config"]
     reporter = _Reporter(rank, world, config.train.steps, spec["show_progress"])
-    train(config, run_dir, resume=True, command=spec["command"], show_progress=False, report=reporter)
+    train(
+        config, run_dir, resume=True, command=spec["command"], show_progress=False, report=reporter
+    )
 
 
 class _Reporter:
@@ -256,14 +258,12 @@ def _adopt_driver_environment(spec: dict[str, Any]) -> None:
 def _failure_message(err: Exception, scale: ScaleSection) -> str:
     failures = getattr(err, "worker_failures", None) or {}
     if failures:
-        rank, first = sorted(failures.items())[0]
+        rank, first = min(failures.items())
         cause = getattr(first, "cause", None) or first
         detail = f"worker {rank}: {type(cause).__name__}: {cause}"
     else:
         detail = f"{type(err).__name__}: {err}"
-    retries = (
-        "unlimited" if scale.max_failures < 0 else f"scale.max_failures={scale.max_failures}"
-    )
+    retries = "unlimited" if scale.max_failures < 0 else f"scale.max_failures={scale.max_failures}"
     return f"training on Ray failed ({retries} restarts allowed): {detail}"
 
 

@@ -31,6 +31,7 @@ the same cluster; each training worker then has its own pool.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import weakref
@@ -70,8 +71,12 @@ class _RewardServer:
     def info(self) -> dict[str, Any]:
         import ray
 
-        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(self.device),
-                "resources": ray.get_runtime_context().get_assigned_resources()}
+        return {
+            "pid": os.getpid(),
+            "node": ray.util.get_node_ip_address(),
+            "device": str(self.device),
+            "resources": ray.get_runtime_context().get_assigned_resources(),
+        }
 
     def score(self, x0: Tensor, cond: Any) -> tuple[Tensor, int]:
         with torch.no_grad():
@@ -123,8 +128,10 @@ class RewardActorPool:
         self._actors: list[Any] = []
 
     def __repr__(self) -> str:
-        return (f"RewardActorPool({self.reward}, num_actors={self.num_actors}, num_gpus={self.num_gpus}, "
-                f"batch_size={self.batch_size})")
+        return (
+            f"RewardActorPool({self.reward}, num_actors={self.num_actors}, num_gpus={self.num_gpus}, "
+            f"batch_size={self.batch_size})"
+        )
 
     # ------------------------------------------------------------------ actors
     def start(self) -> list[dict[str, Any]]:
@@ -144,9 +151,13 @@ class RewardActorPool:
 
             connect(self.address)
         if not self._actors:
-            server = ray.remote(_RewardServer).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
-            self._actors = [server.remote(self.reward, self.kwargs, list(sys.path), os.getcwd())
-                            for _ in range(self.num_actors)]
+            server = ray.remote(_RewardServer).options(
+                num_cpus=self.num_cpus, num_gpus=self.num_gpus
+            )
+            self._actors = [
+                server.remote(self.reward, self.kwargs, list(sys.path), os.getcwd())
+                for _ in range(self.num_actors)
+            ]
             weakref.finalize(self, _kill_actors, list(self._actors))
         try:
             return ray.get([a.info.remote() for a in self._actors], timeout=self.ready_timeout_s)
@@ -160,7 +171,9 @@ class RewardActorPool:
             ) from None
         except ray.exceptions.RayActorError as err:
             self.close()
-            raise RewardActorError(f"building the reward {self.reward} in an actor failed: {err}") from err
+            raise RewardActorError(
+                f"building the reward {self.reward} in an actor failed: {err}"
+            ) from err
 
     def close(self) -> None:
         """Kill the actors (a later call starts new ones)."""
@@ -199,14 +212,12 @@ class RewardActorPool:
 def _kill_actors(actors: list[Any]) -> None:
     if not actors:
         return
-    try:
-        import ray
+    import ray
 
+    with contextlib.suppress(Exception):  # at interpreter shutdown Ray may be gone already
         if ray.is_initialized():
             for actor in actors:
                 ray.kill(actor)
-    except Exception:  # interpreter shutdown, Ray already gone
-        pass
 
 
 def _to_device(cond: Any, device: torch.device) -> Any:

@@ -7,11 +7,14 @@ while a Ray run goes on, so the tests can check every address Ray and gloo used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import os
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Self
 
 ESTABLISHED, LISTEN = "01", "0A"
 
@@ -39,7 +42,7 @@ def _table(netns_pid: int) -> dict[int, tuple[str, tuple[str, int], tuple[str, i
     out = {}
     for name in ("tcp", "tcp6"):
         try:
-            lines = open(f"/proc/{netns_pid}/net/{name}").read().splitlines()[1:]
+            lines = Path(f"/proc/{netns_pid}/net/{name}").read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
@@ -55,7 +58,7 @@ def sockets_of(pids: Iterable[int]) -> list[Socket]:
     found, tables = [], {}
     for pid in pids:
         try:
-            name = open(f"/proc/{pid}/comm").read().strip()
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
             netns = os.stat(f"/proc/{pid}/ns/net").st_ino
             inodes = set()
             for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -89,13 +92,11 @@ class SocketWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(OSError):  # a process exiting meanwhile: sample again
                 self.seen.update(sockets_of(self.pids()))
-            except Exception:  # a racing process exit; sample again
-                pass
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> SocketWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

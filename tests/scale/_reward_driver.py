@@ -31,7 +31,8 @@ def main(address: str, out: Path) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(37, 1, generator=g)
     cond = {"y": torch.randint(0, 3, (37,), generator=g), "prompt": [f"p{i}" for i in range(37)], "scale": 2.0}
-    for name, kwargs in [("tests.scale.fixtures.bump", {"center": 0.5}), ("tests.scale.fixtures.LabelledBump", {"seed": 3})]:
+    # a stateful module reading the condition (the plain function `bump` runs below, from a recipe)
+    for name, kwargs in [("tests.scale.fixtures.LabelledBump", {"seed": 3})]:
         pool = RewardActorPool(name, kwargs=kwargs, num_actors=2, num_cpus=0.5, batch_size=8)
         actors = pool.start()
         pooled = pool(x, cond)

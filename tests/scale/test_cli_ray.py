@@ -63,3 +63,23 @@ def test_run_toy_ctrl_on_two_local_workers(scale_runs, fresh_accelerate_state):
         assert store.pid in workers and len(clients) == 2 and clients <= workers, (store, clients)
     links = watch.links_between("ray::RayTrainWo")
     assert links and all(a.local[0] == "127.0.0.1" and a.remote[0] == "127.0.0.1" for a, _ in links)
+
+
+def test_cli_refuses_what_cannot_run_before_creating_anything(tmp_path, capsys, monkeypatch):
+    from rldiff import cli
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "run"
+    # 256 trajectories cannot be split over 3 workers: a recipe error naming scale.num_workers
+    for command in ("run", "validate"):
+        assert cli.main([command, "toy/ctrl", "scale.num_workers=3", f"output_dir={out}"]) == 2
+        err = capsys.readouterr().err
+        assert "scale.num_workers" in err and "not a multiple of the 3" in err
+    # launch needs a cluster address
+    assert cli.main(["launch", "toy/ctrl", f"output_dir={out}"]) == 2
+    assert "rldiff launch needs a Ray cluster" in capsys.readouterr().err
+    assert not out.exists()
+    # options and KEY=VALUE overrides may come in any order; unknown options are still refused
+    with pytest.raises(SystemExit):
+        cli.main(["validate", "toy/ctrl", "--bogus"])
+    assert cli.main(["validate", "toy/ctrl", "scale.num_workers=2", "scale.placement_strategy=SPREAD"]) == 0

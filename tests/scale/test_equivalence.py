@@ -79,7 +79,7 @@ def test_per_process_batch_and_rank_seeds():
 
 
 @pytest.mark.timeout(600)
-def test_toy_ctrl_two_ray_workers_equal_one_worker_with_twice_the_batch(scale_runs, tmp_path):
+def test_toy_ctrl_two_ray_workers_equal_one_worker_with_twice_the_batch(scale_runs, tmp_path, fresh_accelerate_state):
     """`rldiff launch` on the two-node cluster (one worker per node) vs 1 process in-process."""
     job = scale_runs.equivalence
     status, output = job.result(timeout=540)
@@ -116,7 +116,7 @@ def test_toy_ctrl_two_ray_workers_equal_one_worker_with_twice_the_batch(scale_ru
 
 
 @pytest.mark.timeout(400)
-def test_tiny_sd_ctrl_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
+def test_tiny_sd_ctrl_two_processes_equal_one_process_with_twice_the_batch(tmp_path, fresh_accelerate_state):
     """The same on a tiny SD-architecture pipeline (UNet LoRA + y through the class-embedding path,
     CFG with the null label), with two plain gloo processes (`accelerate launch`-style, no Ray)."""
     from domains.images.rewards import ImageClassifier, save_image_classifier

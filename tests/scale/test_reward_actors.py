@@ -27,7 +27,7 @@ def test_pool_gives_the_in_process_numbers_and_runs_from_a_recipe(scale_runs):
     assert status == 0, output[-5000:]
     result = json.loads((scale_runs.rewards.cwd / "result.json").read_text())
 
-    for name in ("tests.scale.fixtures.bump", "tests.scale.fixtures.LabelledBump"):
+    for name in ("tests.scale.fixtures.LabelledBump",):
         r = result[name]
         assert r["equal"], (r["pooled"], r["local"])  # bit for bit
         assert len(r["served_by"]) == 5  # 37 rows in requests of 8
@@ -35,7 +35,7 @@ def test_pool_gives_the_in_process_numbers_and_runs_from_a_recipe(scale_runs):
         assert len(pids) == 2 and set(r["served_by"]) == pids  # round-robin over both actors
         assert all(a["node"] == "127.0.0.1" and a["resources"].get("CPU") == 0.5 and not a["resources"].get("GPU")
                    for a in r["actors"])
-    assert result["tests.scale.fixtures.bump"]["local"][0] != result["tests.scale.fixtures.LabelledBump"]["local"][0]
+    assert len(set(r["local"])) > 30  # 37 different numbers: rows and labels matter
 
     # num_gpus is what the actors ask Ray for: a GPU pool cannot be placed on this CPU cluster
     assert result["unplaceable"] is not None and "1 GPU" in result["unplaceable"]
