@@ -95,7 +95,22 @@ class AnalyticEps(nn.Module):
         return -self.sqrt_1m_a[t][:, None] * score
 
 
-class ResidualDenoiser(nn.Module):
+class SwitchableAdapter:
+    """`disable_adapter()` (same name as peft's) switches a residual adapter off while the
+    context is open; the module's forward checks `self._adapter_enabled`."""
+
+    _adapter_enabled = True
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        prev, self._adapter_enabled = self._adapter_enabled, False
+        try:
+            yield
+        finally:
+            self._adapter_enabled = prev
+
+
+class ResidualDenoiser(SwitchableAdapter, nn.Module):
     """Pre-trained analytic denoiser + a zero-initialised trainable residual MLP (the "LoRA").
 
     `cond["class_emb"]` [B, condition_dim] is added to the residual's time features: CTRL's adapter.
@@ -113,21 +128,12 @@ class ResidualDenoiser(nn.Module):
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)  # zero-init: step 0 equals the pre-trained model
         nn.init.zeros_(self.out.bias)
-        self._adapter_enabled = True
 
     def time_features(self, t: Tensor) -> Tensor:
         half = self.condition_dim // 2
         freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=t.device) / half)
         ang = (t.float() / self.num_train_steps * 1000.0)[:, None] * freqs[None]
         return torch.cat([ang.sin(), ang.cos()], dim=-1)
-
-    @contextlib.contextmanager
-    def disable_adapter(self) -> Iterator[None]:
-        prev, self._adapter_enabled = self._adapter_enabled, False
-        try:
-            yield
-        finally:
-            self._adapter_enabled = prev
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         eps = self.base(x_t, t, cond)

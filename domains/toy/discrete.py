@@ -14,10 +14,8 @@ number, not a Monte Carlo estimate.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from domains.toy.continuous import AdapterDisabledView
+from domains.toy.continuous import AdapterDisabledView, SwitchableAdapter
 from rldiff.core.masked import MaskedPolicy
 from rldiff.core.reward import ClassifierLogProb
 
@@ -49,13 +47,15 @@ class TableDenoiser(nn.Module):
         # consistency of each table sequence with x_t: prod_i (x_t[i, s_i] + x_t[i, mask])
         tok, mask = x_t[..., : self.V], x_t[..., self.V :]  # [B, L, V], [B, L, 1]
         per_pos = torch.einsum("blv,nlv->bnl", tok, self.seqs_onehot) + mask.squeeze(-1)[:, None, :]  # [B, N, L]
-        logw = torch.log(per_pos.clamp(min=1e-30)).sum(-1) + self.log_table  # [B, N]
-        post = torch.softmax(logw, dim=-1)  # [B, N] posterior over sequences
+        # in probability space, not log space: the weight is multilinear in the one-hot input, so its
+        # derivative is right also for sequences the input rules out (log 0 would give them none)
+        w = per_pos.prod(-1) * self.log_table.exp()  # [B, N]
+        post = w / w.sum(-1, keepdim=True)  # [B, N] posterior over sequences
         probs = torch.einsum("bn,nlv->blv", post, self.seqs_onehot)  # [B, L, V]
         return torch.log(probs.clamp(min=1e-30))
 
 
-class ResidualMaskedDenoiser(nn.Module):
+class ResidualMaskedDenoiser(SwitchableAdapter, nn.Module):
     """Exact pre-trained table denoiser + a zero-initialised trainable residual MLP on the logits.
 
     `cond["class_emb"]` [B, condition_dim] is added to the residual's hidden features (CTRL's
@@ -73,15 +73,6 @@ class ResidualMaskedDenoiser(nn.Module):
         self.out = nn.Linear(hidden, seq_len * vocab_size)
         nn.init.zeros_(self.out.weight)  # zero-init: step 0 equals the pre-trained model
         nn.init.zeros_(self.out.bias)
-        self._adapter_enabled = True
-
-    @contextlib.contextmanager
-    def disable_adapter(self) -> Iterator[None]:
-        prev, self._adapter_enabled = self._adapter_enabled, False
-        try:
-            yield
-        finally:
-            self._adapter_enabled = prev
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         logits = self.base(x_t, t, cond)

@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
-from torch import nn
 
 from rldiff.algorithms.common import (
+    TaskRewardMixin,
     autocast,
     backward_fn,
     clip_and_step,
@@ -32,7 +32,7 @@ from rldiff.core.reward import as_reward, check_reward
 from rldiff.core.rollout import rollout
 
 
-class RewardBackprop:
+class RewardBackprop(TaskRewardMixin):
     """Direct reward backprop over any `RLDomain` with a differentiable `reward`.
 
     Args:
@@ -46,6 +46,8 @@ class RewardBackprop:
         k: K for last_k.
         kl_log_steps: extra non-gradient steps for the logged KL estimate.
         gumbel_tau: Gumbel-softmax temperature (masked policies).
+        relaxation: masked policies' gradient through sampled tokens: "gumbel_softmax" or
+            "straight_through" (see `MaskedPolicy.step`).
         max_grad_norm: gradient clipping.
     """
 
@@ -64,6 +66,7 @@ class RewardBackprop:
         k: Annotated[int, Field(ge=1)] = 1,
         kl_log_steps: Annotated[int, Field(ge=0)] = 0,
         gumbel_tau: Annotated[float, Field(gt=0)] = 1.0,
+        relaxation: Literal["gumbel_softmax", "straight_through"] = "gumbel_softmax",
         max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0,
     ) -> None:
         self.reward = as_reward(domain.reward)
@@ -76,12 +79,10 @@ class RewardBackprop:
         self.device = device_of(accelerator)
         self.batch_size, self.reward_scale, self.kl_weight = batch_size, reward_scale, kl_weight
         self.grad, self.k, self.kl_log_steps, self.gumbel_tau = grad, k, kl_log_steps, gumbel_tau
+        self.relaxation = relaxation
         self.max_grad_norm = max_grad_norm
         self.params = trainable_parameters(domain.trainable)
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-
-    def modules(self) -> dict[str, nn.Module]:
-        return dict(self.domain.trainable)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"backprop": self.optimizer}
@@ -89,7 +90,7 @@ class RewardBackprop:
     def _rollout(self, n: int, cond: Any, generator: torch.Generator, **kw: Any):
         shape = None if isinstance(self.policy, MaskedPolicy) else tuple(self.domain.sample_shape)
         return rollout(self.policy, n, cond, generator=generator, shape=shape, device=self.device,
-                       gumbel_tau=self.gumbel_tau, **kw)
+                       gumbel_tau=self.gumbel_tau, relaxation=self.relaxation, **kw)
 
     def update(self, step: int, generator: torch.Generator) -> dict[str, float]:
         with autocast(self.accelerator):
@@ -108,17 +109,4 @@ class RewardBackprop:
                "reference_calls": float(traj.num_reference_calls)}
         if traj.kl_logged is not None:
             out["kl"] = traj.kl_logged.mean().item()
-        return out
-
-    @torch.no_grad()
-    def sample(self, num: int, generator: torch.Generator) -> dict[str, Any]:
-        """Samples from the current policy; `y` is the domain's target label when it has one."""
-        xs = []
-        for start in range(0, num, max(self.batch_size, 256)):
-            n = min(max(self.batch_size, 256), num - start)
-            xs.append(self._rollout(n, self.domain.sample_cond(n, generator), generator, keep_states=False).x0)
-        out: dict[str, Any] = {"x0": torch.cat(xs), "gamma": self.reward_scale / max(self.kl_weight, 1e-12),
-                               "policy": self.policy, "label_cond": lambda label: None}
-        if getattr(self.domain, "target_label", None) is not None:
-            out["y"] = torch.full((num,), int(self.domain.target_label))
         return out

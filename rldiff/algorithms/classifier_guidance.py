@@ -17,12 +17,11 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from rldiff.algorithms.common import device_of
-from rldiff.algorithms.guidance import guided_policy
+from rldiff.algorithms.guidance import GuidedSampling
 from rldiff.core.gaussian import GaussianPolicy
-from rldiff.core.rollout import rollout
 
 
-class ClassifierGuidance:
+class ClassifierGuidance(GuidedSampling):
     """Train p(y | x_t, t) on noised offline pairs, then sample with its gradient.
 
     Args:
@@ -32,6 +31,8 @@ class ClassifierGuidance:
         batch_size: classifier-training minibatch and sampling batch.
         lr: classifier learning rate.
     """
+
+    differentiate_denoiser = False
 
     def __init__(self, domain: Any, accelerator: Any = None, *, scale: Annotated[float, Field(ge=0)] = 1.0,
                  batch_size: Annotated[int, Field(ge=1)] = 256, lr: Annotated[float, Field(gt=0)] = 1e-3) -> None:
@@ -68,14 +69,3 @@ class ClassifierGuidance:
         """log p(y | x_t, t) [B]."""
         lp = torch.log_softmax(self.classifier(x_t, t), -1)
         return lp.gather(-1, cond["y"].long()[:, None]).squeeze(-1)
-
-    @torch.no_grad()
-    def sample(self, num: int, generator: torch.Generator, y: Tensor | None = None) -> dict[str, Any]:
-        y = (torch.arange(num) % self.num_labels if y is None else y).to(self.device)
-        pol = guided_policy(self.policy, self.objective, self.scale, differentiate_denoiser=False)
-        xs = []
-        for chunk in y.split(self.batch_size):
-            cond = {**(self.domain.sample_cond(len(chunk), generator) or {}), "y": chunk}
-            xs.append(rollout(pol, len(chunk), cond, generator=generator, shape=tuple(self.domain.sample_shape),
-                              device=self.device, keep_states=False).x0)
-        return {"x0": torch.cat(xs), "y": y, "gamma": self.scale}

@@ -90,3 +90,26 @@ def clip_and_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], 
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)
+
+
+class TaskRewardMixin:
+    """What DDPO and reward backprop share: they fine-tune the domain's own trainable modules on
+    its task reward, and sample with the (unconditional) domain condition. Subclasses set
+    `domain`, `policy`, `batch_size`, `reward_scale`, `kl_weight` and define `_rollout`."""
+
+    def modules(self) -> dict[str, nn.Module]:
+        return dict(self.domain.trainable)
+
+    @torch.no_grad()
+    def sample(self, num: int, generator: torch.Generator) -> dict[str, Any]:
+        """Samples from the current policy; `y` is the domain's target label when it has one."""
+        chunk = max(self.batch_size, 256)
+        xs = []
+        for start in range(0, num, chunk):
+            n = min(chunk, num - start)
+            xs.append(self._rollout(n, self.domain.sample_cond(n, generator), generator, keep_states=False).x0)
+        out: dict[str, Any] = {"x0": torch.cat(xs), "gamma": self.reward_scale / max(self.kl_weight, 1e-12),
+                               "policy": self.policy, "label_cond": lambda label: None}
+        if getattr(self.domain, "target_label", None) is not None:
+            out["y"] = torch.full((num,), int(self.domain.target_label))
+        return out

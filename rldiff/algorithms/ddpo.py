@@ -20,9 +20,9 @@ from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
-from torch import nn
 
 from rldiff.algorithms.common import (
+    TaskRewardMixin,
     autocast,
     backward_fn,
     clip_and_step,
@@ -37,7 +37,7 @@ from rldiff.core.reward import as_reward, check_reward
 from rldiff.core.rollout import rollout
 
 
-class DDPO:
+class DDPO(TaskRewardMixin):
     """DDPO over any `RLDomain` (its `reward` is maximised).
 
     Args:
@@ -93,9 +93,6 @@ class DDPO:
         self.params = trainable_parameters(domain.trainable)
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
-    def modules(self) -> dict[str, nn.Module]:
-        return dict(self.domain.trainable)
-
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"ddpo": self.optimizer}
 
@@ -133,18 +130,4 @@ class DDPO:
         out = {**stats, "reward": r.mean().item()}
         if kl is not None:
             out["kl"] = kl.sum(0).mean().item()
-        return out
-
-    @torch.no_grad()
-    def sample(self, num: int, generator: torch.Generator) -> dict[str, Any]:
-        """Samples from the current policy; `y` is the domain's target label when it has one."""
-        xs = []
-        for start in range(0, num, max(self.batch_size, 256)):
-            n = min(max(self.batch_size, 256), num - start)
-            cond = self.domain.sample_cond(n, generator)
-            xs.append(self._rollout(n, cond, generator, keep_states=False).x0)
-        out: dict[str, Any] = {"x0": torch.cat(xs), "gamma": self.reward_scale / max(self.kl_weight, 1e-12),
-                               "policy": self.policy, "label_cond": lambda label: None}
-        if getattr(self.domain, "target_label", None) is not None:
-            out["y"] = torch.full((num,), int(self.domain.target_label))
         return out

@@ -17,13 +17,12 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from rldiff.algorithms.common import device_of
-from rldiff.algorithms.guidance import guided_policy
+from rldiff.algorithms.guidance import GuidedSampling
 from rldiff.core.gaussian import GaussianPolicy
 from rldiff.core.reward import ClassifierLogProb
-from rldiff.core.rollout import rollout
 
 
-class DPS:
+class DPS(GuidedSampling):
     """Reconstruction guidance with the domain's classifier (no fine-tuning; `train.steps: 0`).
 
     Args:
@@ -32,6 +31,8 @@ class DPS:
         scale: guidance scale (gamma for classifier guidance; DPS papers tune it freely).
         batch_size: sampling batch size.
     """
+
+    differentiate_denoiser = True
 
     def __init__(self, domain: Any, accelerator: Any = None, *, scale: Annotated[float, Field(ge=0)] = 1.0,
                  batch_size: Annotated[int, Field(ge=1)] = 256) -> None:
@@ -55,14 +56,3 @@ class DPS:
         a = self.policy.alphas_cumprod.to(x_t.device)[t.long()].float().view(-1, *[1] * (x_t.ndim - 1))
         x0_hat = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
         return self.log_prob(x0_hat, cond)
-
-    @torch.no_grad()
-    def sample(self, num: int, generator: torch.Generator, y: Tensor | None = None) -> dict[str, Any]:
-        y = (torch.arange(num) % self.num_labels if y is None else y).to(self.device)
-        pol = guided_policy(self.policy, self.objective, self.scale, differentiate_denoiser=True)
-        xs = []
-        for chunk in y.split(self.batch_size):
-            cond = {**(self.domain.sample_cond(len(chunk), generator) or {}), "y": chunk}
-            xs.append(rollout(pol, len(chunk), cond, generator=generator, shape=tuple(self.domain.sample_shape),
-                              device=self.device, keep_states=False).x0)
-        return {"x0": torch.cat(xs), "y": y, "gamma": self.scale}

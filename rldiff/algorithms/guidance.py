@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from rldiff.core.gaussian import GaussianPolicy
+from rldiff.core.rollout import rollout
 
 #: (x_t [B, ...] requiring grad, t [B], eps [B, ...], cond) -> objective [B] whose gradient guides.
 GuidanceObjective = Callable[[Tensor, Tensor, Tensor, Any], Tensor]
@@ -54,3 +55,26 @@ def guided_policy(policy: GaussianPolicy, objective: GuidanceObjective, scale: f
     out = copy.copy(policy)
     out.denoiser = GuidedEps(policy.denoiser, policy.alphas_cumprod, objective, scale, differentiate_denoiser)
     return out
+
+
+class GuidedSampling:
+    """Sampling shared by the gradient-guidance baselines: subclasses set `domain`, `policy`,
+    `device`, `scale`, `batch_size`, `num_labels`, `differentiate_denoiser` and define
+    `objective` (a `GuidanceObjective`)."""
+
+    differentiate_denoiser: bool
+
+    def objective(self, x_t: Tensor, t: Tensor, eps: Tensor, cond: Any) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, num: int, generator: torch.Generator, y: Tensor | None = None) -> dict[str, Any]:
+        """`num` guided samples, labels cycling over 0..K-1 unless `y` [num] is given."""
+        y = (torch.arange(num) % self.num_labels if y is None else y).to(self.device)
+        pol = guided_policy(self.policy, self.objective, self.scale, differentiate_denoiser=self.differentiate_denoiser)
+        xs = []
+        for chunk in y.split(self.batch_size):
+            cond = {**(self.domain.sample_cond(len(chunk), generator) or {}), "y": chunk}
+            xs.append(rollout(pol, len(chunk), cond, generator=generator, shape=tuple(self.domain.sample_shape),
+                              device=self.device, keep_states=False).x0)
+        return {"x0": torch.cat(xs), "y": y, "gamma": self.scale}

@@ -156,6 +156,7 @@ class MaskedPolicy:
         reference: bool = False,
         gumbel: bool = False,
         tau: float = 1.0,
+        relaxation: str = "gumbel_softmax",
         log_prob: bool = True,
     ) -> MaskedStep:
         """One reverse step t_i -> s_i.
@@ -168,6 +169,11 @@ class MaskedPolicy:
                 gradient backward) for direct backprop. Whether a position unmasks at this step
                 does not depend on theta, so that Bernoulli draw needs no gradient.
             tau: Gumbel-softmax temperature.
+            relaxation: the backward pass of `gumbel` mode. ``"gumbel_softmax"``: the gradient of
+                softmax((log p + g) / tau) (Jang et al. 2017); ``"straight_through"``: the gradient
+                of p itself (Bengio et al. 2013), which is exact for any function that is linear in
+                each position's one-hot token, e.g. a reward or the next denoiser call that is
+                multilinear in the sequence, with no temperature to tune.
             log_prob: also return the log-probability of the transition.
 
         Returns:
@@ -188,7 +194,12 @@ class MaskedPolicy:
             g = -torch.log(-torch.log(u))  # Gumbel(0, 1), [B, L, V]
             token = F.one_hot((logp0.detach() + g).argmax(-1), self.vocab_size).to(x_t.dtype)  # [B, L, V]
             if gumbel:
-                soft = torch.softmax((logp0 + g) / tau, dim=-1)
+                if relaxation == "gumbel_softmax":
+                    soft = torch.softmax((logp0 + g) / tau, dim=-1)
+                elif relaxation == "straight_through":
+                    soft = logp0.exp()
+                else:
+                    raise ValueError(f"unknown relaxation {relaxation!r}; valid: gumbel_softmax, straight_through")
                 token = token + (soft - soft.detach())  # straight-through: forward value exactly one-hot
             token = F.pad(token, (0, 1))  # [B, L, V+1], mask channel 0
             stay = F.one_hot(torch.full_like(masked, self.mask_id, dtype=torch.long), self.vocab_size + 1).to(x_t.dtype)

@@ -94,6 +94,7 @@ def rollout(
     shape: tuple[int, ...] | None = None,
     device: torch.device | str = "cpu",
     gumbel_tau: float = 1.0,
+    relaxation: str = "gumbel_softmax",
     progress: bool = False,
     keep_states: bool = True,
     keep_reference: bool = False,
@@ -111,6 +112,7 @@ def rollout(
         kl_log_steps: extra non-gradient steps for the logging estimate (kl="grad").
         shape: sample shape for Gaussian policies (without batch).
         gumbel_tau: Gumbel-softmax temperature for masked policies in gradient steps.
+        relaxation: masked policies' straight-through estimator (`MaskedPolicy.step`).
         progress: show a tqdm bar.
         keep_states: store the detached states (needed by policy-gradient methods).
         keep_reference: store the reference steps (for kl="all" without gradient) in
@@ -154,7 +156,8 @@ def rollout(
             if not grad_steps[i]:
                 x = x.detach()
             if masked:
-                step = policy.step(x, i, cond, generator=generator, gumbel=bool(grad_steps[i]), tau=gumbel_tau)
+                step = policy.step(x, i, cond, generator=generator, gumbel=bool(grad_steps[i]), tau=gumbel_tau,
+                                   relaxation=relaxation)
             else:  # a deterministic step (eta = 0) has no log-prob: NaN, and asking for its KL raises
                 step = policy.step(x, i, cond, generator=generator, log_prob=policy.has_log_prob(i))
             kl_i = torch.zeros(batch_size, device=device)

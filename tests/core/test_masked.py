@@ -147,6 +147,29 @@ def test_gumbel_mode_has_the_same_forward_samples_and_passes_gradients():
     torch.testing.assert_close(grad, den.b.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_straight_through_relaxation_is_the_exact_gradient_of_a_linear_function():
+    """relaxation="straight_through": the backward pass is d p_theta, so for f linear in the new
+    tokens the one-sample gradient equals d E[f | which positions unmask] exactly, whatever token
+    was drawn."""
+    pol, den, _ = _policy()
+    B, i = 64, 1
+    tok = _random_state(B, 0.7, seed=4)
+    x = _onehot(tok)
+    step = pol.step(x, i, generator=torch.Generator().manual_seed(5), gumbel=True, relaxation="straight_through")
+    w = torch.randn(V, generator=torch.Generator().manual_seed(6))
+    (step.x_prev[..., :V] * w).sum().backward()
+    grad = den.b.grad.clone()
+    den.zero_grad()
+    took = ((tok == M) & (pol.tokens(step.x_prev) != M)).float()  # positions that unmasked now
+    assert 0 < took.sum() < (tok == M).sum()
+    p = torch.softmax(den(x, torch.full((B,), 1 - i / T), None), -1)  # [B, L, V]
+    (took[..., None] * p * w).sum().backward()
+    assert grad.abs().max() > 1e-3
+    torch.testing.assert_close(grad, den.b.grad, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown relaxation 'rebar'"):
+        pol.step(x, i, gumbel=True, relaxation="rebar")
+
+
 def test_kl_is_on_masked_positions_and_matches_the_independent_formula():
     pol, den, ref = _policy(ref_seed=1)
     B, i = 32, 1
