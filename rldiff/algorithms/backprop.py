@@ -47,7 +47,7 @@ class RewardBackprop(TaskRewardMixin):
         kl_log_steps: extra non-gradient steps for the logged KL estimate.
         gumbel_tau: Gumbel-softmax temperature (masked policies).
         relaxation: masked policies' gradient through sampled tokens: "gumbel_softmax" or
-            "straight_through" (see `MaskedPolicy.step`).
+            "gumbel_rao" (Rao-Blackwellized over `rao_samples` conditional draws) or "straight_through" (see `MaskedPolicy.step`).
         max_grad_norm: gradient clipping.
     """
 
@@ -66,7 +66,8 @@ class RewardBackprop(TaskRewardMixin):
         k: Annotated[int, Field(ge=1)] = 1,
         kl_log_steps: Annotated[int, Field(ge=0)] = 0,
         gumbel_tau: Annotated[float, Field(gt=0)] = 1.0,
-        relaxation: Literal["gumbel_softmax", "straight_through"] = "gumbel_softmax",
+        relaxation: Literal["gumbel_softmax", "gumbel_rao", "straight_through"] = "gumbel_softmax",
+        rao_samples: Annotated[int, Field(ge=1)] = 8,
         max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0,
     ) -> None:
         self.reward = as_reward(domain.reward)
@@ -79,7 +80,7 @@ class RewardBackprop(TaskRewardMixin):
         self.device = device_of(accelerator)
         self.batch_size, self.reward_scale, self.kl_weight = batch_size, reward_scale, kl_weight
         self.grad, self.k, self.kl_log_steps, self.gumbel_tau = grad, k, kl_log_steps, gumbel_tau
-        self.relaxation = relaxation
+        self.relaxation, self.rao_samples = relaxation, rao_samples
         self.max_grad_norm = max_grad_norm
         self.params = trainable_parameters(domain.trainable)
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
@@ -90,7 +91,8 @@ class RewardBackprop(TaskRewardMixin):
     def _rollout(self, n: int, cond: Any, generator: torch.Generator, **kw: Any):
         shape = None if isinstance(self.policy, MaskedPolicy) else tuple(self.domain.sample_shape)
         return rollout(self.policy, n, cond, generator=generator, shape=shape, device=self.device,
-                       gumbel_tau=self.gumbel_tau, relaxation=self.relaxation, **kw)
+                       gumbel_tau=self.gumbel_tau, relaxation=self.relaxation,
+                       rao_samples=self.rao_samples, **kw)
 
     def update(self, step: int, generator: torch.Generator) -> dict[str, float]:
         with autocast(self.accelerator):

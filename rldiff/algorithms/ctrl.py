@@ -84,7 +84,7 @@ class CTRL:
         kl_log_steps: extra non-gradient steps for the logged KL estimate (backprop mode).
         gumbel_tau: straight-through Gumbel-softmax temperature (masked domains).
         relaxation: masked domains' gradient through sampled tokens: "gumbel_softmax" or
-            "straight_through" (the gradient of the token probabilities; see `MaskedPolicy.step`).
+            "gumbel_rao" (Rao-Blackwellized over `rao_samples` conditional draws) or "straight_through" (the gradient of the token probabilities; see `MaskedPolicy.step`).
         clip_range: PPO clip (policy_gradient mode).
         inner_epochs, num_minibatches: PPO passes / minibatches per batch (policy_gradient mode).
         normalize_advantages: divide advantages by their std in policy_gradient mode (changes the
@@ -112,7 +112,8 @@ class CTRL:
         kl_weight: Annotated[float, Field(ge=0)] = 1.0,
         kl_log_steps: Annotated[int, Field(ge=0)] = 0,
         gumbel_tau: Annotated[float, Field(gt=0)] = 1.0,
-        relaxation: Literal["gumbel_softmax", "straight_through"] = "gumbel_softmax",
+        relaxation: Literal["gumbel_softmax", "gumbel_rao", "straight_through"] = "gumbel_softmax",
+        rao_samples: Annotated[int, Field(ge=1)] = 8,
         clip_range: Annotated[float, Field(gt=0)] | None = 0.2,
         inner_epochs: Annotated[int, Field(ge=1)] = 1,
         num_minibatches: Annotated[int, Field(ge=1)] = 1,
@@ -137,6 +138,7 @@ class CTRL:
         self.gamma, self.mode, self.batch_size = gamma, mode, batch_size
         self.grad, self.k, self.kl_weight, self.kl_log_steps = grad, k, kl_weight, kl_log_steps
         self.gumbel_tau, self.relaxation, self.clip_range = gumbel_tau, relaxation, clip_range
+        self.rao_samples = rao_samples
         self.inner_epochs, self.num_minibatches = inner_epochs, num_minibatches
         self.normalize_advantages, self.soft_labels = normalize_advantages, soft_labels
         self.max_grad_norm = max_grad_norm
@@ -187,7 +189,8 @@ class CTRL:
     def _rollout(self, cond: dict[str, Any], n: int, generator: torch.Generator, **kw: Any):
         shape = None if isinstance(self.policy, MaskedPolicy) else tuple(self.domain.sample_shape)
         return rollout(self.policy, n, cond, generator=generator, shape=shape, device=self.device,
-                       gumbel_tau=self.gumbel_tau, relaxation=self.relaxation, **kw)
+                       gumbel_tau=self.gumbel_tau, relaxation=self.relaxation,
+                       rao_samples=self.rao_samples, **kw)
 
     # ------------------------------------------------------------------ one update
     def update(self, step: int, generator: torch.Generator) -> dict[str, float]:

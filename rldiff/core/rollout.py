@@ -39,7 +39,7 @@ class Trajectory:
     Attributes:
         states: T + 1 detached states, states[0] = x_T, states[-1] = x_0.
         x0: the final state, carrying gradient when the last step did.
-        log_probs: [T, B] log p_theta(x_{i+1} | x_i) (graph kept only on gradient steps; NaN on
+        log_probs: [T, B] log p_theta(x_{i+1} | x_i) (detached, no graph; NaN on
             deterministic steps, eta = 0).
         kl: [T, B] per-step KL to the reference, zero where not computed; None if kl="none".
         kl_logged: [B] total KL estimate for logging (exact for kl="all"; includes the unbiased
@@ -95,6 +95,7 @@ def rollout(
     device: torch.device | str = "cpu",
     gumbel_tau: float = 1.0,
     relaxation: str = "gumbel_softmax",
+    rao_samples: int = 8,
     progress: bool = False,
     keep_states: bool = True,
     keep_reference: bool = False,
@@ -112,7 +113,7 @@ def rollout(
         kl_log_steps: extra non-gradient steps for the logging estimate (kl="grad").
         shape: sample shape for Gaussian policies (without batch).
         gumbel_tau: Gumbel-softmax temperature for masked policies in gradient steps.
-        relaxation: masked policies' straight-through estimator (`MaskedPolicy.step`).
+        relaxation, rao_samples: masked policies' straight-through estimator (`MaskedPolicy.step`).
         progress: show a tqdm bar.
         keep_states: store the detached states (needed by policy-gradient methods).
         keep_reference: store the reference steps (for kl="all" without gradient) in
@@ -157,7 +158,7 @@ def rollout(
                 x = x.detach()
             if masked:
                 step = policy.step(x, i, cond, generator=generator, gumbel=bool(grad_steps[i]), tau=gumbel_tau,
-                                   relaxation=relaxation)
+                                   relaxation=relaxation, rao_samples=rao_samples)
             else:  # a deterministic step (eta = 0) has no log-prob: NaN, and asking for its KL raises
                 step = policy.step(x, i, cond, generator=generator, log_prob=policy.has_log_prob(i))
             kl_i = torch.zeros(batch_size, device=device)
@@ -171,7 +172,11 @@ def rollout(
                 if log_only[i]:
                     kl_i = torch.zeros(batch_size, device=device)
         x = step.x_prev
-        log_probs.append(step.log_prob if step.log_prob is not None else torch.full((batch_size,), float("nan"), device=device))
+        # detached: policy-gradient updates recompute log-probs and direct backprop never uses them, so
+        # keeping their graph would only hold memory (bench/memory.py measured a third of what
+        # autograd saves at T = 100 with checkpointing)
+        log_probs.append(step.log_prob.detach() if step.log_prob is not None
+                         else torch.full((batch_size,), float("nan"), device=device))
         kls.append(kl_i)
         if keep_states:
             states.append(x.detach())

@@ -170,6 +170,37 @@ def test_straight_through_relaxation_is_the_exact_gradient_of_a_linear_function(
         pol.step(x, i, gumbel=True, relaxation="rebar")
 
 
+def test_gumbel_rao_averages_the_gumbel_softmax_over_draws_with_the_same_argmax():
+    """The conditional Gumbel draws behind relaxation="gumbel_rao" reproduce
+    E[softmax((log p + G) / tau) | argmax(log p + G) = a], estimated here by rejection."""
+    from rldiff.core.masked import _gumbel_rao_soft
+
+    g = torch.Generator().manual_seed(0)
+    logp = torch.log_softmax(torch.randn(V, generator=g, dtype=torch.float64), -1)
+    tau, n = 0.5, 400_000
+    z = logp + -torch.log(-torch.log(torch.rand(n, V, generator=g, dtype=torch.float64)))
+    w = torch.randn(V, generator=g, dtype=torch.float64)
+    for a in range(V):
+        hit = z.argmax(-1) == a
+        soft = torch.softmax(z[hit] / tau, -1)
+        se = soft.std(0) / math.sqrt(int(hit.sum()))
+        lp = logp.clone().requires_grad_(True)
+        rao = _gumbel_rao_soft(lp, F.one_hot(torch.tensor(a), V).double(), tau, n, g)
+        assert ((rao - soft.mean(0)).abs() <= 5 * se + 1e-3).all(), (a, rao, soft.mean(0), se)
+        # gradient: E[d (w . softmax((log p + G) / tau)) / d log p | argmax = a], G held fixed
+        (rao_grad,) = torch.autograd.grad((w * rao).sum(), lp)
+        per_draw = soft * (w - (soft * w).sum(-1, keepdim=True)) / tau  # [hits, V]
+        se_g = per_draw.std(0) / math.sqrt(int(hit.sum()))
+        assert ((rao_grad - per_draw.mean(0)).abs() <= 5 * se_g + 1e-3).all(), (a, rao_grad, per_draw.mean(0))
+    # and the step's forward value stays the hard sample
+    pol, _, _ = _policy()
+    x = _onehot(_random_state(64, 0.7, seed=4))
+    with torch.no_grad():
+        hard = pol.step(x, 1, generator=torch.Generator().manual_seed(5))
+    rao_step = pol.step(x, 1, generator=torch.Generator().manual_seed(5), gumbel=True, relaxation="gumbel_rao")
+    assert torch.equal(rao_step.x_prev.detach(), hard.x_prev)
+
+
 def test_kl_is_on_masked_positions_and_matches_the_independent_formula():
     pol, den, ref = _policy(ref_seed=1)
     B, i = 32, 1
