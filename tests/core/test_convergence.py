@@ -73,6 +73,11 @@ def test_ctrl_backprop_continuous(tmp_path: Path) -> None:
     assert_continuous_target(metrics, [0, 1], gamma=1.0)
 
 
+def test_ctrl_policy_gradient_continuous(tmp_path: Path) -> None:
+    metrics = run_recipe("toy/ctrl_policy_gradient_continuous", tmp_path / "run")
+    assert_continuous_target(metrics, [0, 1], gamma=1.0)
+
+
 def test_ctrl_policy_gradient_discrete(tmp_path: Path) -> None:
     metrics = run_recipe("toy/ctrl_policy_gradient", tmp_path / "run")
     assert_discrete_target(metrics, [0, 1])
