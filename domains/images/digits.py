@@ -1,8 +1,9 @@
 """The digits domain: CTRL on a CPU with a small pixel diffusion model.
 
 A `UNet2DModel` pre-trained (unconditionally) on scikit-learn's digits, upsampled to 16x16, gets
-LoRA adapters and accepts CTRL's new condition y as `cond["class_emb"]` added to its time
-embedding. The reward classifier p(y | x) is trained on labelled digits of the "train" split; an
+LoRA adapters and/or a zero-initialised label pathway (per-label channel biases in every resnet
+block, driven by `cond["y"]`), and accepts CTRL's new condition y as `cond["class_emb"]` added to
+its time embedding. The reward classifier p(y | x) is trained on labelled digits of the "train" split; an
 independent classifier trained on the disjoint "heldout" split judges the samples.
 
     domain = build()                               # shipped weights, 20 DDIM steps, eta = 1
@@ -122,7 +123,7 @@ class DigitsDomain:
 
     Attributes:
         policy: GaussianPolicy over the LoRA-adapted UNet (DDIM, eta), reference = adapters disabled.
-        trainable: {"denoiser": PixelDenoiser}; only its LoRA parameters require gradients.
+        trainable: {"denoiser": PixelDenoiser}; only its LoRA parameters and label tables require gradients.
         sample_shape: (1, 16, 16).
         reward: DigitLogProb (log p(y | x) under the reward classifier).
         classifier: the calibrated reward classifier, x -> logits / T (frozen).
@@ -148,9 +149,13 @@ class DigitsDomain:
         gradient_checkpointing: bool = False,
         reference_samples: int = 1000,
         spacing: str = "quadratic",
+        label_pathway: bool = False,
+        label_scale: float = 1.0,
+        label_knots: int = 1,
     ) -> None:
         self.unet = add_lora(unet, rank=lora_rank, target_modules=lora_targets) if lora_rank > 0 else unet.requires_grad_(False)
-        self.denoiser = PixelDenoiser(self.unet)
+        self.denoiser = PixelDenoiser(self.unet, num_labels=self.num_labels if label_pathway else 0, label_scale=label_scale,
+                                      label_knots=label_knots)
         reference = ReferenceView(self.denoiser, self.unet)
         self.policy = make_policy(self.denoiser, scheduler, num_steps, eta, spacing, reference=reference,
                                   gradient_checkpointing=gradient_checkpointing, condition_dim=self.denoiser.condition_dim)
@@ -251,6 +256,9 @@ def build(
     reference_samples: Annotated[int, Field(ge=2)] = 1000,
     spacing: Literal["quadratic", "scheduler"] = "quadratic",
     threads: Annotated[int, Field(ge=0)] = 0,
+    label_pathway: bool = False,
+    label_scale: Annotated[float, Field(gt=0)] = 1.0,
+    label_knots: Annotated[int, Field(ge=1)] = 1,
 ) -> DigitsDomain:
     """Build the digits domain from (shipped) weights.
 
@@ -267,6 +275,10 @@ def build(
         spacing: "quadratic" (dense near t = 0; balances the per-step KL) or "scheduler" (the
             scheduler's own "trailing" spacing).
         threads: torch CPU threads (0 = leave as is).
+        label_pathway: give the denoiser its own zero-initialised per-label, per-resnet-block channel
+            biases, driven by `cond["y"]` (see `PixelDenoiser`); CTRL's y-embedding still applies.
+        label_scale: forward multiplier of those tables (= their learning-rate multiplier under Adam).
+        label_knots: tables per block at evenly spaced timesteps, interpolated in t (1 = time-independent).
 
     Returns:
         DigitsDomain.
@@ -282,5 +294,6 @@ def build(
         unet, scheduler, load_classifier(root / "digits_classifier"), load_classifier(root / "digits_eval_classifier"),
         num_steps=num_steps, eta=eta, lora_rank=lora_rank, lora_targets=tuple(lora_targets),
         reward_target=reward_target, gradient_checkpointing=gradient_checkpointing,
-        reference_samples=reference_samples, spacing=spacing,
+        reference_samples=reference_samples, spacing=spacing, label_pathway=label_pathway, label_scale=label_scale,
+        label_knots=label_knots,
     )

@@ -115,18 +115,25 @@ class ReferenceView:
     """A denoiser callable that runs `denoiser` with the LoRA adapters of `model` disabled.
 
     A view, not a copy: it shares every weight with the trainable denoiser. The reference never
-    receives `cond["class_emb"]` (GaussianPolicy strips it), so it is the pre-trained model.
+    receives the new condition: `cond["class_emb"]` (GaussianPolicy strips it) and the label
+    `cond[k]` for k in `strip` (a denoiser's own label pathway, stripped here) are removed, so it
+    is the pre-trained model.
 
     Args:
         denoiser: the trainable denoiser `(x_t, t, cond) -> eps` built on `model`.
         model: the module carrying the LoRA layers.
+        strip: condition keys the reference never sees.
     """
 
-    def __init__(self, denoiser: Callable[[Tensor, Tensor, Any], Tensor], model: nn.Module) -> None:
+    def __init__(self, denoiser: Callable[[Tensor, Tensor, Any], Tensor], model: nn.Module,
+                 strip: Sequence[str] = ("class_emb", "y")) -> None:
         self.denoiser = denoiser
         self.model = model
+        self.strip = tuple(strip)
 
     def _run(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
+        if isinstance(cond, dict) and any(k in cond for k in self.strip):
+            cond = {k: v for k, v in cond.items() if k not in self.strip}
         with adapters_disabled(self.model):
             return self.denoiser(x, t, cond)
 

@@ -140,3 +140,59 @@ def test_pretrain_writes_a_loadable_model(tmp_path):
     unet, sched = load_digits_model(tmp_path / "m")
     assert sched.config.timestep_spacing == "trailing" and not sched.config.set_alpha_to_one
     assert sum(p.numel() for p in unet.parameters()) == log["num_parameters"]
+
+
+def test_label_pathway_starts_at_the_pretrained_unet_and_the_reference_ignores_y():
+    from domains.images.lora import ReferenceView
+
+    torch.manual_seed(0)
+    unet = build_digits_unet()
+    x, t = torch.randn(4, 1, 16, 16), torch.tensor([5, 300, 700, 999])
+    y = torch.tensor([0, 3, 3, 9])
+    with torch.no_grad():
+        base = unet(x, t).sample
+    den = PixelDenoiser(unet, num_labels=10, label_knots=3)
+    assert len(den.label_bias) == 8 and tuple(den.label_bias[0].shape) == (30, 32)  # 8 resnets, 3 knots x 10 labels
+    ref = ReferenceView(den, unet)
+    with torch.no_grad():
+        assert torch.equal(den(x, t, {"y": y}), base)  # zero tables: exactly the pre-trained model
+        for table in den.label_bias:
+            table.normal_()
+        moved = den(x, t, {"y": y})
+        other = den(x, t, {"y": (y + 1) % 10})
+        soft = den(x, t, {"y": torch.nn.functional.one_hot(y, 10).float()})
+        assert torch.equal(den(x, t, None), base)  # no y: pre-trained
+        assert torch.equal(den(x, t, {"y": torch.full((4,), 10)}), base)  # CTRL's null label: pre-trained
+        assert torch.equal(ref(x, t, {"y": y, "class_emb": torch.randn(4, 128)}), base)  # the reference never sees y
+    assert (moved - base).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+    assert (moved - other).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # the label matters
+    assert torch.allclose(soft, moved, atol=1e-5)  # one-hot soft labels = hard labels
+
+
+def test_label_pathway_time_knots_interpolate():
+    den = PixelDenoiser(build_digits_unet(), num_labels=10, label_knots=3)
+    w = den._knot_weights(torch.tensor([0, 999, 499, 250]))
+    assert torch.allclose(w.sum(1), torch.ones(4))
+    assert w[0].tolist() == [1.0, 0.0, 0.0] and w[1].tolist() == [0.0, 0.0, 1.0]
+    assert w[2].argmax() == 1 and w[3, 0] > 0 and w[3, 1] > 0
+    assert PixelDenoiser(build_digits_unet(), num_labels=10)._knot_weights(torch.tensor([0, 999])).tolist() == [[1.0], [1.0]]
+
+
+def test_ctrl_trains_the_label_pathway_and_keeps_the_reference():
+    from domains.images.digits import build
+    from rldiff.algorithms.ctrl import CTRL
+
+    torch.manual_seed(0)
+    domain = build(num_steps=2, lora_rank=0, label_pathway=True, label_knots=2, reference_samples=2)
+    tables = list(domain.denoiser.label_bias)
+    algo = CTRL(domain, gamma=5.0, batch_size=6, lr=1e-2, embedding_lr=1e-2)
+    assert all(any(p is q for q in algo.params) for p in tables)  # the tables are CTRL's trainable adapters
+    x, t, y = torch.randn(10, 1, 16, 16), torch.linspace(0, 999, 10).long(), torch.arange(10)
+    with torch.no_grad():
+        before = domain.denoiser(x, t, {"y": y})
+    algo.update(0, torch.Generator().manual_seed(0))
+    assert sum(float(p.detach().abs().sum()) for p in tables) > 0
+    with torch.no_grad():
+        after = domain.denoiser(x, t, {"y": y})
+        assert torch.equal(domain.policy.reference(x, t, {"y": y}), before)
+    assert (after - before).abs().max() > 1e-4
