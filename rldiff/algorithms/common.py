@@ -75,6 +75,14 @@ def index_cond(cond: Any, idx: Tensor) -> Any:
     return out
 
 
+def with_prompts(out: dict[str, Any], conds: list[Any]) -> dict[str, Any]:
+    """Add `out["prompt"]` (one per sample, for text-image metrics such as the CLIP score) when the
+    domain's conditions carry prompts."""
+    if conds and all(isinstance(c, dict) and "prompt" in c for c in conds):
+        out["prompt"] = [p for c in conds for p in c["prompt"]]
+    return out
+
+
 def condition_keys(cond: Any, key: str = "prompt") -> list[Any] | None:
     """Per-sample hashable keys for per-condition reward normalization (None = one group)."""
     if isinstance(cond, dict) and key in cond:
@@ -104,12 +112,13 @@ class TaskRewardMixin:
     def sample(self, num: int, generator: torch.Generator) -> dict[str, Any]:
         """Samples from the current policy; `y` is the domain's target label when it has one."""
         chunk = max(self.batch_size, 256)
-        xs = []
+        xs, conds = [], []
         for start in range(0, num, chunk):
             n = min(chunk, num - start)
-            xs.append(self._rollout(n, self.domain.sample_cond(n, generator), generator, keep_states=False).x0)
+            conds.append(self.domain.sample_cond(n, generator))
+            xs.append(self._rollout(n, conds[-1], generator, keep_states=False).x0)
         out: dict[str, Any] = {"x0": torch.cat(xs), "gamma": self.reward_scale / max(self.kl_weight, 1e-12),
                                "policy": self.policy, "label_cond": lambda label: None}
         if getattr(self.domain, "target_label", None) is not None:
             out["y"] = torch.full((num,), int(self.domain.target_label))
-        return out
+        return with_prompts(out, conds)

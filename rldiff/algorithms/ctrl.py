@@ -36,6 +36,7 @@ from rldiff.algorithms.common import (
     expand_cond,
     index_cond,
     trainable_parameters,
+    with_prompts,
 )
 from rldiff.core.masked import MaskedPolicy
 from rldiff.core.objectives import backprop_loss, kl_to_go, policy_gradient_step
@@ -256,17 +257,18 @@ class CTRL:
         """`num` samples split evenly over the labels (or for the given y).
 
         Returns:
-            {"x0": samples, "y": labels, "gamma": the effective reward scale gamma / kl_weight}.
+            {"x0": samples, "y": labels, "gamma": the effective reward scale gamma / kl_weight,
+            "prompt": one per sample when the domain's conditions carry prompts, ...}.
         """
         if y is None:
             y = torch.arange(num) % self.num_labels
         y = y.to(self.device)
-        out = []
+        out, conds = [], []
         for chunk in y.split(max(self.batch_size, 256)):
-            cond = self.make_cond(chunk, generator)
-            out.append(self._rollout(cond, len(chunk), generator, keep_states=False).x0)
-        return {"x0": torch.cat(out), "y": y, "gamma": self.gamma / max(self.kl_weight, 1e-12),
-                "policy": self.policy, "label_cond": self._label_cond}
+            conds.append(self.make_cond(chunk, generator))
+            out.append(self._rollout(conds[-1], len(chunk), generator, keep_states=False).x0)
+        return with_prompts({"x0": torch.cat(out), "y": y, "gamma": self.gamma / max(self.kl_weight, 1e-12),
+                             "policy": self.policy, "label_cond": self._label_cond}, conds)
 
     @torch.no_grad()
     def _label_cond(self, label: int) -> dict[str, Any]:

@@ -65,6 +65,7 @@ def _overrides(name, tiny, clf, out):
     specific = {
         # CTRL's grad=random keeps step i with prob. (i+1)/(T+1): T=5 makes a step without any gradient unlikely
         "sd15_ctrl_compressibility": [f"domain.classifier.path={clf['compress4']}", "algorithm.batch_size=2",
+                                      f"domain.clip_model={tiny['clip']}",
                                       "domain.num_steps=5",
                                       "train.steps=2", "train.eval_samples=4"],
         "sd15_ctrl_multitask": [
@@ -74,7 +75,8 @@ def _overrides(name, tiny, clf, out):
             f"domain.measure.measures.0.clip_path={tiny['clip']}",
             f"domain.measure.measures.0.head_path={tiny['head']}",
             "algorithm.batch_size=2", "domain.num_steps=5", "train.steps=1", "train.eval_samples=4"],
-        "sd15_ddpo_aesthetic": [*aes, "algorithm.batch_size=2", "train.steps=2", "train.eval_samples=2"],
+        "sd15_ddpo_aesthetic": [*aes, "algorithm.batch_size=2", "train.steps=2", "train.eval_samples=2",
+                                f"domain.clip_model={tiny['clip']}"],
         "sd15_ddpo_compressibility": ["algorithm.batch_size=2", "train.steps=2", "train.eval_samples=2"],
         "sd15_backprop_aesthetic": [*aes, "algorithm.batch_size=2", "train.steps=2", "train.eval_samples=2"],
     }[name]
@@ -99,6 +101,8 @@ def test_sd_recipe_runs_with_a_tiny_pipeline(name, tiny_models, tiny_classifiers
         y_emb = [v for k, v in weights.items() if k.startswith("y_embedding")]
         assert y_emb and float(y_emb[0][:-1].abs().sum()) > 0  # label rows moved; row K is the null label
         assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["macro_f1"] <= 1.0
+    if name in ("sd15_ctrl_compressibility", "sd15_ddpo_aesthetic"):  # the algorithms hand over their prompts
+        assert math.isfinite(metrics["clip_score"])
     if name == "sd15_ctrl_multitask":
         assert "accuracy_attribute_0" in metrics and "accuracy_attribute_1" in metrics
     if name == "sd15_ddpo_compressibility":
