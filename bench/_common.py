@@ -9,6 +9,7 @@ the load average before/after, the versions and the exact command.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -79,6 +80,20 @@ def versions() -> str:
 def machine() -> str:
     return (f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, no GPU; "
             f"torch threads {torch.get_num_threads()}")
+
+
+def parser(doc: str | None, *, timing: bool = True) -> argparse.ArgumentParser:
+    """The options every timing benchmark shares (--quick, --no-docs, and with `timing` --repeats,
+    --batch, --num-steps, --threads); a script adds its own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test); does not write the docs")
+    if timing:
+        ap.add_argument("--repeats", type=int)
+        ap.add_argument("--batch", type=int)
+        ap.add_argument("--num-steps", type=int)
+        ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
+    return ap
 
 
 def setup_torch(threads: int = 1) -> None:

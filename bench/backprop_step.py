@@ -18,7 +18,6 @@ updated parameters (checked and printed before timing).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -247,15 +246,9 @@ the latents (4 labels), the DNA model's the shipped calibrated gReLU classifier.
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test); does not write the docs")
-    ap.add_argument("--repeats", type=int)
-    ap.add_argument("--batch", type=int)
-    ap.add_argument("--num-steps", type=int)
+    ap = C.parser(__doc__)
     ap.add_argument("--k", type=int)
     ap.add_argument("--models", default="sd8,sd32,dna", help="comma-separated: sd8, sd32, sd64 (latent side), dna")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args(argv)
     C.setup_torch(args.threads)
     load0 = C.load_average()

@@ -22,7 +22,6 @@ while `rldiff.core.gaussian` sums over dimensions (`gaussian_log_prob`, used by
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -231,12 +230,10 @@ cross zero, so per-sample relative errors are meaningless)."""
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test); does not write the docs")
+    ap = C.parser(__doc__, timing=False)
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--inner", type=int, help="calls per timed repetition")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args(argv)
     C.setup_torch(args.threads)
     load0 = C.load_average()

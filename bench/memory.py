@@ -21,7 +21,6 @@ parameters excluded), i.e. the graph held when backward starts.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -226,13 +225,11 @@ Each cell is "peak / saved" in MB; the last row is the largest T over the smalle
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test); does not write the docs")
+    ap = C.parser(__doc__, timing=False)
     ap.add_argument("--steps", help="comma-separated T values (default 10,25,50,100)")
     ap.add_argument("--k", type=int)
     ap.add_argument("--batch", type=int)
     ap.add_argument("--models", default="sd32,dna", help="comma-separated: sd8, sd32, sd64 (latent side), dna")
-    ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args(argv)
     load0 = C.load_average()
     steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None

@@ -22,7 +22,6 @@ compared too (`max |x0 diff|`), which checks that the bare loop makes the same c
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -167,15 +166,9 @@ masked denoiser (`domains/dna/weights/denoiser.safetensors`, LoRA rank 8, `Maske
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test); does not write the docs")
-    ap.add_argument("--repeats", type=int)
-    ap.add_argument("--batch", type=int)
-    ap.add_argument("--num-steps", type=int)
+    ap = C.parser(__doc__)
     ap.add_argument("--models", default="sd8,sd32,dna,sd8-null,dna-null",
                     help="comma-separated: sd8, sd32, sd64 (latent side), dna; NAME-null = with a null denoiser")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args(argv)
     C.setup_torch(args.threads)
     load0 = C.load_average()
