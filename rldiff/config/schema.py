@@ -92,6 +92,10 @@ class TrainSection(_Section):
     cpu: Annotated[bool, Field(description="true = run on the CPU even if a GPU is present")] = (
         False
     )
+    threads: Annotated[
+        int,
+        Field(ge=0, description="torch CPU threads, an integer >= 0 (0 = torch's default, one per core)"),
+    ] = 0
     lr_schedule: Annotated[
         Literal["constant", "cosine", "linear"],
         Field(description="learning-rate decay over train.steps: 'constant', 'cosine' or 'linear'"),
