@@ -109,16 +109,23 @@ class GReLUClassifier(nn.Module):
     differentiable = True
 
     def __init__(self, lightning_model: Any, temperature: float = 1.0,
-                 label_names: Sequence[str] = CELL_LINES) -> None:
+                 label_names: Sequence[str] = CELL_LINES, rc_average: bool = False) -> None:
         super().__init__()
         self.lm = lightning_model
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.label_names = tuple(label_names)
+        self.rc_average = bool(rc_average)
 
     def raw_logits(self, x: Tensor) -> Tensor:
-        """Uncalibrated logits [B, K]."""
-        out = self.lm(to_grelu_input(x), logits=True)  # [B, K, 1]
-        return out.mean(-1)
+        """Uncalibrated logits [B, K] (with `rc_average`: the mean over x and its reverse complement)."""
+        g = to_grelu_input(x)  # [B, 4, L]
+        # cuDNN's RNN backward refuses eval mode; a recurrent model (ConvGRUModel) that a reward
+        # differentiates through on a GPU therefore runs with cuDNN off (no effect on a CPU).
+        with torch.backends.cudnn.flags(enabled=not (g.is_cuda and torch.is_grad_enabled())):
+            out = self.lm(g, logits=True).mean(-1)  # [B, K]
+            if self.rc_average:  # ACGT order: complement = reversed channels; then reverse the positions
+                out = 0.5 * (out + self.lm(g.flip(1).flip(2), logits=True).mean(-1))
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         return self.raw_logits(x) / self.temperature
@@ -144,23 +151,29 @@ class GReLURegressor(nn.Module):
 # --------------------------------------------------------------------------- training
 def train_classifier(data: SequenceSet, arch: dict[str, Any] | None = None, *, epochs: int = 20,
                      batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 3,
-                     seed: int = 0, rc_augment: bool = True, progress: bool = False) -> tuple[GReLUClassifier, dict]:
+                     seed: int = 0, rc_augment: bool = True, progress: bool = False,
+                     schedule: str = "constant", label_smoothing: float = 0.0, rc_average: bool = False,
+                     val_fraction: float = 0.2, warmup_epochs: float = 1.0,
+                     max_minutes: float | None = None, log: Any = None) -> tuple[GReLUClassifier, dict]:
     """Train a temperature-calibrated gReLU classifier on (sequence, label) pairs.
 
-    Uses `rldiff.core.classifier.fit_classifier`: a random 80/20 split of `data`, early stopping
-    on the 20%, then temperature scaling on it.
+    A random `val_fraction` split of `data` is held out for early stopping (validation NLL) and
+    temperature scaling. With the defaults (constant learning rate, no label smoothing, no RC
+    averaging) this is `rldiff.core.classifier.fit_classifier`. Otherwise a local loop runs AdamW
+    with `schedule` "cosine" (linear warm-up over `warmup_epochs`, cosine decay to 0 at `epochs`)
+    or "constant", cross-entropy with `label_smoothing`, reverse-complement augmentation, and (with
+    `rc_average`) validates, calibrates and later predicts with logits averaged over both strands.
+    `max_minutes` stops training after the first epoch that ends past that wall time.
 
     Returns:
         (classifier in eval mode, {"val_accuracy", "val_nll", "val_nll_uncalibrated", "temperature", "epochs"}).
     """
-    from rldiff.core.classifier import fit_classifier
-
     if data.labels is None:
         raise ValueError(f"{data.source}: no labels to train a classifier on")
     torch.manual_seed(seed)
     K = len(data.label_names)
     lm = build_lightning_model(K, "multiclass", arch)
-    clf = GReLUClassifier(lm, 1.0, data.label_names)
+    clf = GReLUClassifier(lm, 1.0, data.label_names, rc_average=rc_average)
     x = data.one_hot(n="random", generator=torch.Generator().manual_seed(seed))  # [N, L, 4]
 
     def augment(xb: Tensor) -> Tensor:
@@ -169,14 +182,88 @@ def train_classifier(data: SequenceSet, arch: dict[str, Any] | None = None, *, e
         flip = torch.rand(len(xb)) < 0.5
         return torch.where(flip[:, None, None], reverse_complement_one_hot(xb), xb)
 
-    res = fit_classifier(_RawLogits(clf), x, data.labels, epochs=epochs, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, patience=patience,
-                         generator=torch.Generator().manual_seed(seed), augment=augment, progress=progress)
-    clf.temperature.fill_(res.temperature)
+    if (schedule == "constant" and label_smoothing == 0.0 and not rc_average and val_fraction == 0.2
+            and max_minutes is None):
+        from rldiff.core.classifier import fit_classifier
+
+        res = fit_classifier(_RawLogits(clf), x, data.labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, patience=patience,
+                             generator=torch.Generator().manual_seed(seed), augment=augment, progress=progress)
+        out = {"val_accuracy": res.val_accuracy, "val_nll": res.val_nll,
+               "val_nll_uncalibrated": res.val_nll_uncalibrated, "temperature": res.temperature,
+               "epochs": res.epochs_run}
+    else:
+        out = _fit_local(clf, x, data.labels, augment, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, patience=patience, seed=seed, schedule=schedule,
+                         label_smoothing=label_smoothing, val_fraction=val_fraction,
+                         warmup_epochs=warmup_epochs, max_minutes=max_minutes, log=log)
+    clf.temperature.fill_(out["temperature"])
     clf.eval()
-    return clf, {"val_accuracy": res.val_accuracy, "val_nll": res.val_nll,
-                 "val_nll_uncalibrated": res.val_nll_uncalibrated, "temperature": res.temperature,
-                 "epochs": res.epochs_run}
+    return clf, out
+
+
+def _fit_local(clf: GReLUClassifier, x: Tensor, y: Tensor, augment: Any, *, epochs: int, batch_size: int,
+               lr: float, weight_decay: float, patience: int, seed: int, schedule: str, label_smoothing: float,
+               val_fraction: float, warmup_epochs: float, max_minutes: float | None, log: Any) -> dict:
+    """AdamW + optional warm-up/cosine schedule + label smoothing; best epoch by validation NLL."""
+    import copy
+    import math
+    import time
+
+    from rldiff.core.classifier import calibrate_temperature, split_indices
+
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    g = torch.Generator().manual_seed(seed)
+    tr, va = split_indices(len(x), val_fraction, g)
+    model = _RawLogits(clf)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(tr) / batch_size)
+    total, warm = epochs * steps_per_epoch, max(1, int(warmup_epochs * steps_per_epoch))
+
+    def lr_at(step: int) -> float:
+        if schedule == "constant":
+            return lr
+        if step < warm:
+            return lr * (step + 1) / warm
+        return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    best, best_loss, bad, epoch, step, t0 = copy.deepcopy(model.state_dict()), float("inf"), 0, 0, 0, time.time()
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        order = tr[torch.randperm(len(tr), generator=g)]
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            loss = F.cross_entropy(model(augment(x[idx])), y[idx].long(), label_smoothing=label_smoothing)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        logits = _batched(model, x[va], 256)
+        val_loss = F.cross_entropy(logits, y[va].long()).item()
+        val_acc = (logits.argmax(-1) == y[va]).float().mean().item()
+        history.append({"epoch": epoch + 1, "val_nll": val_loss, "val_accuracy": val_acc,
+                        "minutes": (time.time() - t0) / 60})
+        if log is not None:
+            log(history[-1])
+        if val_loss < best_loss - 1e-6:
+            best_loss, best, bad = val_loss, copy.deepcopy(model.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+        if max_minutes is not None and (time.time() - t0) / 60 > max_minutes:
+            break
+    model.load_state_dict(best)
+    logits = _batched(model, x[va], 256)
+    temp = calibrate_temperature(logits, y[va])
+    return {"val_accuracy": (logits.argmax(-1) == y[va]).float().mean().item(),
+            "val_nll": F.cross_entropy(logits / temp, y[va].long()).item(),
+            "val_nll_uncalibrated": F.cross_entropy(logits, y[va].long()).item(), "temperature": temp,
+            "epochs": epoch + 1, "best_epoch": min(history, key=lambda h: h["val_nll"])["epoch"]}
 
 
 class _RawLogits(nn.Module):
@@ -296,6 +383,8 @@ def save_grelu(model: GReLUClassifier | GReLURegressor, path: str | Path, info: 
         "names": json.dumps(list(names)),
         "info": json.dumps(info or {}, sort_keys=True),
     }
+    if kind == "classifier" and model.rc_average:
+        meta["rc_average"] = "true"
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata=meta)
 
@@ -317,7 +406,10 @@ def load_grelu(path: str | Path) -> GReLUClassifier | GReLURegressor:
     n_tasks = params.pop("n_tasks")
     names = json.loads(meta["names"])
     lm = build_lightning_model(n_tasks, meta["task"], params)
-    model = GReLUClassifier(lm, 1.0, names) if meta["kind"] == "classifier" else GReLURegressor(lm, names)
+    if meta["kind"] == "classifier":
+        model = GReLUClassifier(lm, 1.0, names, rc_average=meta.get("rc_average") == "true")
+    else:
+        model = GReLURegressor(lm, names)
     model.load_state_dict(load_file(str(path)))
     model.eval()
     for p in model.parameters():

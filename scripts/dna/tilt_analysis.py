@@ -1,6 +1,6 @@
 """What would the exact CTRL target achieve with the shipped classifier? An importance-weighting check.
 
-    .venv/bin/python scripts/dna/tilt_analysis.py [--gammas 1 2 5 10 20] [--split validation]
+    .venv/bin/python scripts/dna/tilt_analysis.py [--gammas 1 2 5 10 20 50] [--split validation]
 
 CTRL's target for cell line y is p(x | y) proportional to p_pre(x) p(y | x)^gamma. Taking real
 held-out sequences (chr1 by default, seen by neither gReLU model) as a stand-in for samples of
@@ -31,7 +31,7 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gammas", type=float, nargs="+", default=[1, 2, 3, 5, 10, 20])
+    ap.add_argument("--gammas", type=float, nargs="+", default=[1, 2, 5, 10, 20, 50])
     ap.add_argument("--split", default="validation", choices=["validation", "test"])
     ap.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
     ap.add_argument("--oracle", default=str(DEFAULT_ORACLE))
