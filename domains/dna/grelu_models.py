@@ -206,11 +206,10 @@ def _fit_local(clf: GReLUClassifier, x: Tensor, y: Tensor, augment: Any, *, epoc
                lr: float, weight_decay: float, patience: int, seed: int, schedule: str, label_smoothing: float,
                val_fraction: float, warmup_epochs: float, max_minutes: float | None, log: Any) -> dict:
     """AdamW + optional warm-up/cosine schedule + label smoothing; best epoch by validation NLL."""
-    import copy
     import math
     import time
 
-    from rldiff.core.classifier import calibrate_temperature, split_indices
+    from rldiff.core.classifier import EarlyStopping, calibrate_temperature, split_indices
 
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
@@ -228,7 +227,7 @@ def _fit_local(clf: GReLUClassifier, x: Tensor, y: Tensor, augment: Any, *, epoc
             return lr * (step + 1) / warm
         return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
-    best, best_loss, bad, epoch, step, t0 = copy.deepcopy(model.state_dict()), float("inf"), 0, 0, 0, time.time()
+    stopper, epoch, step, t0 = EarlyStopping(model, patience), 0, 0, time.time()
     history = []
     for epoch in range(epochs):
         model.train()
@@ -249,15 +248,11 @@ def _fit_local(clf: GReLUClassifier, x: Tensor, y: Tensor, augment: Any, *, epoc
                         "minutes": (time.time() - t0) / 60})
         if log is not None:
             log(history[-1])
-        if val_loss < best_loss - 1e-6:
-            best_loss, best, bad = val_loss, copy.deepcopy(model.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= patience:
-                break
+        if stopper.step(val_loss):
+            break
         if max_minutes is not None and (time.time() - t0) / 60 > max_minutes:
             break
-    model.load_state_dict(best)
+    stopper.restore()
     logits = _batched(model, x[va], 256)
     temp = calibrate_temperature(logits, y[va])
     return {"val_accuracy": (logits.argmax(-1) == y[va]).float().mean().item(),
@@ -285,9 +280,8 @@ def train_regressor(data: SequenceSet, arch: dict[str, Any] | None = None, *, ep
     Returns:
         (regressor in eval mode, {"val_mse", "val_pearson_<task>", "epochs"}).
     """
-    import copy
 
-    from rldiff.core.classifier import split_indices
+    from rldiff.core.classifier import EarlyStopping, split_indices
 
     if data.activities is None:
         raise ValueError(f"{data.source}: no activity columns to train a regression oracle on")
@@ -298,7 +292,7 @@ def train_regressor(data: SequenceSet, arch: dict[str, Any] | None = None, *, ep
     x, y = data.one_hot(n="random", generator=g), data.activities.float()
     tr, va = split_indices(len(x), val_fraction, g)
     opt = torch.optim.AdamW(reg.parameters(), lr=lr)
-    best, best_loss, bad, epoch = copy.deepcopy(reg.state_dict()), float("inf"), 0, 0
+    stopper, epoch = EarlyStopping(reg, patience), 0
     for epoch in range(epochs):
         reg.train()
         order = tr[torch.randperm(len(tr), generator=g)]
@@ -310,13 +304,9 @@ def train_regressor(data: SequenceSet, arch: dict[str, Any] | None = None, *, ep
             opt.step()
         pred = _batched(reg, x[va], batch_size)
         val = F.mse_loss(pred, y[va]).item()
-        if val < best_loss - 1e-6:
-            best_loss, best, bad = val, copy.deepcopy(reg.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    reg.load_state_dict(best)
+        if stopper.step(val):
+            break
+    stopper.restore()
     reg.eval()
     pred = _batched(reg, x[va], batch_size)
     out = {"val_mse": F.mse_loss(pred, y[va]).item(), "epochs": epoch + 1}

@@ -51,6 +51,27 @@ def calibrate_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -
     return float(log_t.detach().exp())
 
 
+class EarlyStopping:
+    """Keep the best weights by validation loss; `step` says when `patience` epochs in a row brought
+    no improvement. `restore` loads the best weights back."""
+
+    def __init__(self, model: nn.Module, patience: int) -> None:
+        self.model, self.patience = model, patience
+        self.best_state, self.best_loss, self.bad = copy.deepcopy(model.state_dict()), float("inf"), 0
+
+    def step(self, val_loss: float) -> bool:
+        """Record one epoch's validation loss; True = stop now."""
+        if val_loss < self.best_loss - 1e-6:
+            self.best_loss, self.best_state, self.bad = val_loss, copy.deepcopy(self.model.state_dict()), 0
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self) -> nn.Module:
+        self.model.load_state_dict(self.best_state)
+        return self.model
+
+
 def fit_classifier(
     model: nn.Module,
     x: Tensor,
@@ -84,7 +105,7 @@ def fit_classifier(
         raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
     tr, va = split_indices(len(x), val_fraction, generator)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_loss, bad, epoch = copy.deepcopy(model.state_dict()), float("inf"), 0, 0
+    stopper, epoch = EarlyStopping(model, patience), 0
     bar = tqdm(range(epochs), desc="classifier", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
@@ -98,14 +119,9 @@ def fit_classifier(
             opt.step()
         val_loss = F.cross_entropy(_predict(model, x[va], batch_size), y[va].long()).item()
         bar.set_postfix(val_loss=f"{val_loss:.4f}")
-        if val_loss < best_loss - 1e-6:
-            best_loss, best, bad = val_loss, copy.deepcopy(model.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    model.load_state_dict(best)
-    model.eval()
+        if stopper.step(val_loss):
+            break
+    stopper.restore().eval()
     logits = _predict(model, x[va], batch_size)
     temp = calibrate_temperature(logits, y[va])
     return FitResult(
