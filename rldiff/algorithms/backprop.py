@@ -46,8 +46,10 @@ class RewardBackprop(TaskRewardMixin):
         k: K for last_k.
         kl_log_steps: extra non-gradient steps for the logged KL estimate.
         gumbel_tau: Gumbel-softmax temperature (masked policies).
-        relaxation: masked policies' gradient through sampled tokens: "gumbel_softmax" or
-            "gumbel_rao" (Rao-Blackwellized over `rao_samples` conditional draws) or "straight_through" (see `MaskedPolicy.step`).
+        relaxation: masked policies' gradient through sampled tokens: "gumbel_softmax",
+            "gumbel_rao" (Rao-Blackwellized over `rao_samples` conditional draws) or
+            "straight_through" (see `MaskedPolicy.step`).
+        rao_samples: conditional Gumbel draws per token for "gumbel_rao".
         max_grad_norm: gradient clipping.
     """
 

@@ -84,8 +84,10 @@ class CTRL:
         kl_weight: weight of the KL term (1 = the exact CTRL objective).
         kl_log_steps: extra non-gradient steps for the logged KL estimate (backprop mode).
         gumbel_tau: straight-through Gumbel-softmax temperature (masked domains).
-        relaxation: masked domains' gradient through sampled tokens: "gumbel_softmax" or
-            "gumbel_rao" (Rao-Blackwellized over `rao_samples` conditional draws) or "straight_through" (the gradient of the token probabilities; see `MaskedPolicy.step`).
+        relaxation: masked domains' gradient through sampled tokens: "gumbel_softmax",
+            "gumbel_rao" (Rao-Blackwellized over `rao_samples` conditional draws) or
+            "straight_through" (the gradient of the token probabilities); see `MaskedPolicy.step`.
+        rao_samples: conditional Gumbel draws per token for "gumbel_rao".
         clip_range: PPO clip (policy_gradient mode).
         inner_epochs, num_minibatches: PPO passes / minibatches per batch (policy_gradient mode).
         normalize_advantages: divide advantages by their std in policy_gradient mode (changes the
