@@ -63,6 +63,40 @@ class CellTypeReward(nn.Module):
         return specificity(logp, y)
 
 
+class LabelConditioned(nn.Module):
+    """The trainable denoiser plus a zero-initialised embedding of `cond["y"]` added to its time
+    embedding (through `cond["class_emb"]`): the conditional policy of DDPO / reward backprop
+    runs over all cell lines with one set of weights (`build(label_conditioning=True)`).
+
+    The embedding is zero at construction, so at step 0 the network computes exactly the
+    pre-trained one; the domain's reference view wraps the LoRA'd network directly and never
+    sees this embedding, so the KL reference stays the pre-trained model.
+    """
+
+    def __init__(self, net: nn.Module, num_labels: int, dim: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.net = net
+        self.num_labels = num_labels
+        self.scale = scale  # output = scale * weight: with Adam, an embedding lr `scale` times the LoRA lr
+        self.embedding = nn.Embedding(num_labels, dim)
+        nn.init.zeros_(self.embedding.weight)  # zero-init: step 0 = pre-trained model
+
+    @property
+    def condition_dim(self) -> int:
+        return self.net.condition_dim
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        y = cond.get("y") if isinstance(cond, dict) else None
+        if y is None:
+            raise ValueError("a label-conditioned DNA policy needs cond['y'] (LongTensor [B]); "
+                             "use domain.sample_cond to draw it")
+        emb = self.scale * self.embedding(y.to(x_t.device).long())
+        if emb.shape[0] != x_t.shape[0]:
+            emb = emb.expand(x_t.shape[0], -1)
+        prev = cond.get("class_emb")
+        return self.net(x_t, t, {**cond, "class_emb": emb if prev is None else prev + emb})
+
+
 @dataclass
 class _Baseline:
     tokens: Tensor  # [M, L] pre-trained samples
@@ -75,12 +109,16 @@ class DNADomain:
     Attributes:
         policy: MaskedPolicy over ACGT (V=4, mask=4), L=200; denoiser = LoRA'd pre-trained
             network, reference = the same network with adapters disabled; condition_dim set.
-        trainable: {"denoiser": LoRADenoiser} (only LoRA parameters require grad).
+        trainable: {"denoiser": LoRADenoiser} (only LoRA parameters require grad), plus
+            {"y_embedding": LabelConditioned.embedding} with `label_conditioning`.
         sample_shape: None (masked policy).
         reward: CellTypeReward on the classifier.
         classifier: GReLUClassifier, calibrated logits [B, 4].
         oracle: held-out GReLUClassifier (evaluation only).
         num_labels: 4 (CELL_LINES order).
+        label_conditioning: `sample_cond` draws y (balanced over the cell lines) and the policy's
+            denoiser adds a trainable, zero-initialised embedding of `cond["y"]` to its time
+            embedding (`LabelConditioned`); the reference ignores it.
     """
 
     sample_shape = None
@@ -89,18 +127,26 @@ class DNADomain:
                  num_steps: int = 50, lora_rank: int = 8, lora_alpha: float = 16.0,
                  reward_kind: str = "log_prob", target: str | None = None,
                  baseline_tokens: Tensor | None = None, eval_real_per_class: int = 2000,
-                 elbo_samples: int = 8, gradient_checkpointing: bool = False) -> None:
+                 elbo_samples: int = 8, gradient_checkpointing: bool = False,
+                 label_conditioning: bool = False, label_embedding_scale: float = 30.0) -> None:
         self.label_names = tuple(classifier.label_names)
         self.num_labels = len(self.label_names)
         if target is not None and target not in self.label_names:
             raise ValueError(f"target {target!r} is not a cell line; valid: {list(self.label_names)}")
         self.target = None if target is None else self.label_names.index(target)
+        if label_conditioning and target is not None:
+            raise ValueError("label_conditioning draws y over all cell lines; it cannot be combined with a fixed target")
+        self.label_conditioning = label_conditioning
         adapted, reference = with_lora(denoiser, rank=lora_rank, alpha=lora_alpha)
         self.denoiser = adapted
-        self.policy = MaskedPolicy(adapted, VOCAB, SEQ_LEN, num_steps, reference=reference,
+        self.trainable: dict[str, nn.Module] = {"denoiser": adapted}
+        net: nn.Module = adapted
+        if label_conditioning:
+            net = LabelConditioned(adapted, self.num_labels, adapted.condition_dim, label_embedding_scale)
+            self.trainable["y_embedding"] = net.embedding
+        self.policy = MaskedPolicy(net, VOCAB, SEQ_LEN, num_steps, reference=reference,
                                    gradient_checkpointing=gradient_checkpointing,
                                    condition_dim=adapted.condition_dim)
-        self.trainable = {"denoiser": adapted}
         for p in classifier.parameters():
             p.requires_grad_(False)
         self.classifier = classifier.eval()
@@ -113,10 +159,33 @@ class DNADomain:
 
     # ------------------------------------------------------------------ RLDomain
     def sample_cond(self, num: int, generator: torch.Generator) -> dict[str, Any] | None:
-        """None (the pre-trained model is unconditional), or {"y": target} when a fixed target is set."""
+        """None (the pre-trained model is unconditional), {"y": target} when a fixed target is set,
+        or with `label_conditioning` {"y": LongTensor [num]} balanced over the cell lines
+        (each appears num // K or num // K + 1 times, in an order drawn from `generator`)."""
+        if self.label_conditioning:
+            y = torch.arange(num) % self.num_labels
+            return {"y": y[torch.randperm(num, generator=generator)]}
         if self.target is None:
             return None
         return {"y": torch.full((num,), self.target, dtype=torch.long)}
+
+    @property
+    def target_label(self) -> int | None:
+        """The fixed target's index (None without one), read by DDPO / reward backprop sampling."""
+        return self.target
+
+    def offline_data(self, split: str = "train") -> tuple[Tensor, Tensor]:
+        """Labelled DNase peaks of a chromosome split: (tokens [N, 200] long, labels [N] long).
+
+        Rows are shuffled with a fixed seed, so `x[:n]` is a class-mixed subset (CFG's
+        `num_examples` label budget). Sequences with N are dropped.
+        """
+        data = load_dnase(split)
+        ok = [i for i, s in enumerate(data.sequences) if "N" not in s]
+        if len(ok) < len(data):
+            data = data.subset(ok)
+        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+        return data.tokens()[perm], data.labels[perm].long()
 
     def evaluate(self, samples: dict[str, Any], out_dir: Path) -> dict[str, float]:
         """Metrics of `samples = {"x0": [N, L, 5] or tokens [N, L], "y": LongTensor [N]}`; see
@@ -197,6 +266,8 @@ def build(
     elbo_samples: int = 8,
     gradient_checkpointing: bool = False,
     threads: int | None = None,
+    label_conditioning: bool = False,
+    label_embedding_scale: float = 30.0,
 ) -> DNADomain:
     """Build the DNA domain from saved weights (recipe entry: `_component_: domains.dna.build`).
 
@@ -215,6 +286,12 @@ def build(
         elbo_samples: Monte Carlo times per sequence for the ELBO.
         gradient_checkpointing: recompute denoiser activations in backward.
         threads: torch intra-op threads (1 avoids oversubscription on a shared CPU); null = leave.
+        label_conditioning: one policy for all cell lines for DDPO / reward backprop: `sample_cond`
+            draws y balanced over the cell lines and a zero-initialised, trainable y-embedding is
+            added to the denoiser's time embedding (not for CTRL / CFG, which bring their own).
+        label_embedding_scale: the y-embedding enters as scale * weight, so under Adam (one
+            learning rate for all trainable parameters in DDPO / reward backprop) it moves
+            `scale` times faster than the LoRA weights (CTRL's recipe: embedding lr 0.3 vs LoRA 1e-2).
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -226,7 +303,8 @@ def build(
     return DNADomain(load_denoiser(denoiser), clf, orc, num_steps=num_steps, lora_rank=lora_rank,
                      lora_alpha=lora_alpha, reward_kind=reward, target=target, baseline_tokens=base,
                      eval_real_per_class=eval_real_per_class, elbo_samples=elbo_samples,
-                     gradient_checkpointing=gradient_checkpointing)
+                     gradient_checkpointing=gradient_checkpointing, label_conditioning=label_conditioning,
+                     label_embedding_scale=label_embedding_scale)
 
 
-__all__ = ["CELL_LINES", "CellTypeReward", "DNADomain", "build", "read_baseline"]
+__all__ = ["CELL_LINES", "CellTypeReward", "DNADomain", "LabelConditioned", "build", "read_baseline"]

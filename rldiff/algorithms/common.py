@@ -87,7 +87,7 @@ def condition_keys(cond: Any, key: str = "prompt") -> list[Any] | None:
     """Per-sample hashable keys for per-condition reward normalization (None = one group)."""
     if isinstance(cond, dict) and key in cond:
         v = cond[key]
-        return [tuple(x.tolist()) if isinstance(x, Tensor) else x for x in v]
+        return [(x.item() if x.ndim == 0 else tuple(x.tolist())) if isinstance(x, Tensor) else x for x in v]
     return None
 
 
@@ -110,7 +110,8 @@ class TaskRewardMixin:
 
     @torch.no_grad()
     def sample(self, num: int, generator: torch.Generator) -> dict[str, Any]:
-        """Samples from the current policy; `y` is the domain's target label when it has one."""
+        """Samples from the current policy; `y` is the labels the domain's conditions carry
+        (`cond["y"]`, e.g. a label-conditioned policy), else its target label when it has one."""
         chunk = max(self.batch_size, 256)
         xs, conds = [], []
         for start in range(0, num, chunk):
@@ -119,6 +120,8 @@ class TaskRewardMixin:
             xs.append(self._rollout(n, conds[-1], generator, keep_states=False).x0)
         out: dict[str, Any] = {"x0": torch.cat(xs), "gamma": self.reward_scale / max(self.kl_weight, 1e-12),
                                "policy": self.policy, "label_cond": lambda label: None}
-        if getattr(self.domain, "target_label", None) is not None:
+        if conds and all(isinstance(c, dict) and isinstance(c.get("y"), torch.Tensor) for c in conds):
+            out["y"] = torch.cat([c["y"] for c in conds])
+        elif getattr(self.domain, "target_label", None) is not None:
             out["y"] = torch.full((num,), int(self.domain.target_label))
         return with_prompts(out, conds)
