@@ -93,6 +93,9 @@ class CTRL:
         normalize_advantages: divide advantages by their std in policy_gradient mode (changes the
             effective gamma; off by default so the KL-regularized target stays exact).
         label_probs: the distribution of y during training (default uniform).
+        stratified_labels: draw each batch's hard labels stratified (label k appears
+            floor(n p_k) times, the remainder drawn from label_probs, then shuffled) instead of i.i.d.:
+            the same distribution of y over training, with less per-label noise in each batch.
         soft_labels: train on continuous y ~ Dirichlet(1) mixtures instead of hard labels.
         temperature: classifier temperature (from calibration) used inside the reward.
     """
@@ -122,6 +125,7 @@ class CTRL:
         num_minibatches: Annotated[int, Field(ge=1)] = 1,
         normalize_advantages: bool = False,
         label_probs: list[float] | None = None,
+        stratified_labels: bool = False,
         soft_labels: bool = False,
         temperature: Annotated[float, Field(gt=0)] = 1.0,
     ) -> None:
@@ -149,6 +153,7 @@ class CTRL:
         if probs.shape != (self.num_labels,) or (probs < 0).any() or abs(float(probs.sum()) - 1) > 1e-6:
             raise ValueError(f"label_probs must be {self.num_labels} non-negative numbers summing to 1, got {label_probs}")
         self.label_probs = probs
+        self.stratified_labels = stratified_labels
         self.adapter_params = trainable_parameters(domain.trainable)
         self.params = self.adapter_params + [self.embedding.weight]
         self.optimizer = torch.optim.AdamW(
@@ -183,7 +188,15 @@ class CTRL:
         if self.soft_labels:
             e = -torch.log(torch.rand(n, self.num_labels, generator=generator).clamp(min=1e-12))  # Exp(1)
             return (e / e.sum(-1, keepdim=True)).to(self.device)
-        return torch.multinomial(self.label_probs, n, replacement=True, generator=generator).to(self.device)
+        if not self.stratified_labels:
+            return torch.multinomial(self.label_probs, n, replacement=True, generator=generator).to(self.device)
+        quota = (self.label_probs * n).floor().long()  # [K] guaranteed copies of each label
+        fixed = torch.repeat_interleave(torch.arange(self.num_labels), quota)
+        rest = n - len(fixed)
+        extra = (torch.multinomial(self.label_probs, rest, replacement=True, generator=generator) if rest
+                 else fixed.new_empty(0))
+        y = torch.cat([fixed, extra])
+        return y[torch.randperm(n, generator=generator)].to(self.device)
 
     def make_cond(self, y: Tensor, generator: torch.Generator) -> dict[str, Any]:
         base = self.domain.sample_cond(len(y), generator)

@@ -209,3 +209,19 @@ def test_ctrl_soft_labels_use_the_mixture_of_rows():
     cond = ctrl.make_cond(y, torch.Generator().manual_seed(0))
     W = ctrl.embedding.weight.detach()
     torch.testing.assert_close(cond["class_emb"], sum(y[:, k, None] * W[k] for k in range(ctrl.num_labels)))
+
+
+def test_ctrl_stratified_labels_fill_each_label_quota_and_keep_the_distribution():
+    toy = _toys()["gaussian"]
+    K = toy.num_labels
+    probs = [0.7] + [0.3 / (K - 1)] * (K - 1)
+    ctrl = CTRL(toy, batch_size=8, stratified_labels=True, label_probs=probs)
+    g = torch.Generator().manual_seed(3)
+    batches = [ctrl.sample_labels(10, g) for _ in range(4000)]
+    for y in batches[:50]:  # label 0 gets floor(10 * 0.7) = 7 places in every batch
+        assert y.shape == (10,) and (y == 0).sum() >= 7
+    freq = torch.bincount(torch.cat(batches), minlength=K).float() / (10 * len(batches))
+    torch.testing.assert_close(freq, torch.tensor(probs), atol=0.01, rtol=0)
+    assert not all(torch.equal(batches[0], b) for b in batches[1:5])  # order is shuffled
+    iid = CTRL(toy, batch_size=8, label_probs=probs).sample_labels(10, torch.Generator().manual_seed(3))
+    assert iid.shape == (10,)
