@@ -4,11 +4,15 @@
     .venv/bin/python bench/run_all.py --quick    # smoke run (tiny settings, docs untouched)
     .venv/bin/python bench/run_all.py --only memory,logprob_reference
     .venv/bin/python bench/run_all.py --ray      # also bench/ray_scaling.py (slow; needs Ray)
+    .venv/bin/python bench/run_all.py --sample-efficiency   # also bench/sample_efficiency.py (~1 h or more)
 
 Each benchmark runs in its own process (`bench/NAME.py`), one after the other, and replaces its own
 section of docs/benchmarks.md; the Ray section is left alone unless `--ray` is given (then
 `bench/ray_scaling.py --repeats 3` prints its table; that script does not edit the docs itself; see
-the Ray section of docs/benchmarks.md for the environment it was run with).
+the Ray section of docs/benchmarks.md for the environment it was run with). `--sample-efficiency`
+also runs the label-budget study (`bench/sample_efficiency.py --domain digits`: CTRL against CFG,
+classifier guidance and DPS at 100, 1,000 and all labels), which writes its table into
+docs/benchmarks.md and its section of docs/results.md; with `--quick` it runs its smoke settings.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     ap.add_argument("--only", help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     ap.add_argument("--ray", action="store_true", help="also run bench/ray_scaling.py")
+    ap.add_argument("--sample-efficiency", action="store_true",
+                    help="also run bench/sample_efficiency.py --domain digits (long: about an hour on one core)")
     args = ap.parse_args(argv)
     names = args.only.split(",") if args.only else list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -49,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n=== ray_scaling: {' '.join(cmd[1:])}", flush=True)
         if subprocess.call(cmd, cwd=HERE.parent):
             failed.append("ray_scaling")
+    if args.sample_efficiency:
+        cmd = [sys.executable, str(HERE / "sample_efficiency.py"), "--domain", "digits", *extra]
+        print(f"\n=== sample_efficiency: {' '.join(cmd[1:])}", flush=True)
+        if subprocess.call(cmd, cwd=HERE.parent):
+            failed.append("sample_efficiency")
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from domains.images.data import load_digits
+from domains.images.data import label_subset, load_digits
 from rldiff.core.classifier import fit_classifier
 
 
@@ -111,6 +112,73 @@ def train_digits_classifier(name: str, epochs: int = 100, patience: int = 15) ->
                "val_nll_uncalibrated": res.val_nll_uncalibrated, "epochs_run": res.epochs_run,
                f"accuracy_on_{other}_split": acc_other, "trained_on": spec["split"]}
     return clf, metrics
+
+
+def train_budget_classifier(num_labels: int, label_seed: int = 0, epochs: int = 200,
+                            patience: int = 15) -> tuple[Calibrated, dict[str, float]]:
+    """The reward classifier's recipe (architecture, seed, optimiser, augmentation) trained on only
+    `num_labels` labelled digits of the "train" split (`label_subset(y, num_labels, label_seed)`),
+    for label-budget studies. Nothing of the held-out split is used.
+
+    `fit_classifier` keeps 20% of the budget for early stopping and the temperature; the minibatch
+    is at most 1/8 of the remaining examples (>= 16), so small budgets still get several updates per
+    epoch.
+
+    Returns:
+        (calibrated classifier in eval mode, metrics dict; `num_labels`, `label_seed` included).
+    """
+    spec = CLASSIFIERS["digits_classifier"]
+    x, y = load_digits("train")
+    idx = label_subset(y, num_labels, label_seed)
+    x, y = x[idx], y[idx]
+    torch.manual_seed(spec["seed"])
+    g = torch.Generator().manual_seed(spec["seed"])
+    n_fit = len(x) - max(1, round(0.2 * len(x)))
+    batch = min(128, max(16, math.ceil(n_fit / 8)))
+    res = fit_classifier(DigitsCNN(**spec["arch"]), x, y, epochs=epochs, patience=patience, lr=2e-3,
+                         weight_decay=1e-4, batch_size=batch, generator=g,
+                         augment=lambda xb: shift_augment(xb, generator=g))
+    clf = Calibrated(res.model, res.temperature).eval()
+    metrics = {"temperature": res.temperature, "val_accuracy": res.val_accuracy, "val_nll": res.val_nll,
+               "val_nll_uncalibrated": res.val_nll_uncalibrated, "epochs_run": res.epochs_run,
+               "batch_size": batch, "trained_on": "train", "num_labels": num_labels, "label_seed": label_seed}
+    return clf, metrics
+
+
+class NoisyDigitsCNN(nn.Module):
+    """p(y | x_t, t) for classifier guidance: `DigitsCNN`'s convolutions with a per-channel bias from
+    sinusoidal features of t added after every convolution (no dropout, so guidance is deterministic).
+
+    Args:
+        width, hidden, num_classes: as `DigitsCNN`.
+        num_train_steps: the diffusion model's training timesteps (t in [0, num_train_steps)).
+        time_dim: sinusoidal features of t.
+    """
+
+    def __init__(self, width: int = 32, hidden: int = 128, num_classes: int = 10, num_train_steps: int = 1000,
+                 time_dim: int = 32) -> None:
+        super().__init__()
+        self.num_train_steps, self.time_dim = num_train_steps, time_dim
+        self.time = nn.Sequential(nn.Linear(time_dim, hidden), nn.GELU())
+        chans = (width, width, 2 * width)
+        self.convs = nn.ModuleList([nn.Conv2d(1, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1),
+                                    nn.Conv2d(width, 2 * width, 3, padding=1)])
+        self.time_bias = nn.ModuleList([nn.Linear(hidden, c) for c in chans])
+        self.pool = (False, True, True)  # 16 -> 16 -> 8 -> 4
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, hidden), nn.GELU(),
+                                  nn.Linear(hidden, num_classes))
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        half = self.time_dim // 2
+        freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=x_t.device) / half)
+        ang = (t.float().to(x_t.device) * (1000.0 / self.num_train_steps))[:, None] * freqs[None]
+        temb = self.time(torch.cat([ang.sin(), ang.cos()], -1))  # [B, hidden]
+        h = x_t
+        for conv, bias, pool in zip(self.convs, self.time_bias, self.pool):
+            h = F.gelu(conv(h) + bias(temb)[:, :, None, None])
+            if pool:
+                h = F.avg_pool2d(h, 2)
+        return self.head(h)
 
 
 def save_classifier(clf: Calibrated, path: Path, metrics: dict[str, Any]) -> None:

@@ -9,6 +9,11 @@ independent classifier trained on the disjoint "heldout" split judges the sample
     domain = build()                               # shipped weights, 20 DDIM steps, eta = 1
     traj = rollout(domain.policy, 8, shape=domain.sample_shape)
     domain.evaluate({"x0": traj.x0, "y": y}, out_dir)
+
+Label budgets (`build(label_budget=N)`): `offline_data()` returns a class-balanced subset of N
+labelled train-split digits (for CFG and classifier guidance), and the reward classifier is
+retrained on that same subset (`train_budget_classifier`), so every method sees the same N labels;
+the judge is unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +26,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from domains.images.classifiers import Calibrated, load_classifier
-from domains.images.data import load_digits
+from domains.images.classifiers import (
+    Calibrated,
+    NoisyDigitsCNN,
+    load_classifier,
+    train_budget_classifier,
+)
+from domains.images.data import label_subset, load_digits
 from domains.images.lora import ReferenceView, add_lora, lora_parameters
 from domains.images.metrics import (
     frechet_distance,
@@ -129,6 +139,8 @@ class DigitsDomain:
         classifier: the calibrated reward classifier, x -> logits / T (frozen).
         eval_classifier: the independent judge (frozen; never used in training).
         num_labels: 10.
+        label_index: indices into the "train" split of the labelled digits this domain may use
+            (`offline_data`); all 1,197 unless a label budget was set.
     """
 
     sample_shape = (1, 16, 16)
@@ -152,6 +164,7 @@ class DigitsDomain:
         label_pathway: bool = False,
         label_scale: float = 1.0,
         label_knots: int = 1,
+        label_index: Tensor | None = None,
     ) -> None:
         self.unet = add_lora(unet, rank=lora_rank, target_modules=lora_targets) if lora_rank > 0 else unet.requires_grad_(False)
         self.denoiser = PixelDenoiser(self.unet, num_labels=self.num_labels if label_pathway else 0, label_scale=label_scale,
@@ -167,6 +180,27 @@ class DigitsDomain:
         self.reward = DigitLogProb(self.classifier, reward_target)
         self.reference_samples = reference_samples
         self._reference_x0: Tensor | None = None
+        self.num_train_timesteps = len(scheduler.alphas_cumprod)
+        self.label_index = label_index
+
+    # ------------------------------------------------------------------ offline labels
+    def offline_data(self, split: str = "train") -> tuple[Tensor, Tensor]:
+        """The labelled digits this domain may train on: (x [N, 1, 16, 16] in [-1, 1], y [N]).
+
+        Only the "train" split exists here (the held-out split belongs to the judge); with a label
+        budget it is the class-balanced subset `label_index`.
+        """
+        if split != "train":
+            raise ValueError(f"the digits domain offers labelled data of the 'train' split only, got {split!r} "
+                             "(the 'heldout' split trains the independent judge)")
+        x, y = load_digits("train")
+        if self.label_index is not None:
+            x, y = x[self.label_index], y[self.label_index]
+        return x, y
+
+    def noisy_classifier(self) -> nn.Module:
+        """A fresh, untrained p(y | x_t, t) (`NoisyDigitsCNN`) for classifier guidance."""
+        return NoisyDigitsCNN(num_classes=self.num_labels, num_train_steps=self.num_train_timesteps)
 
     def sample_cond(self, num: int, generator: torch.Generator) -> dict[str, Any] | None:
         """Digits are unconditional: no base condition."""
@@ -259,6 +293,9 @@ def build(
     label_pathway: bool = False,
     label_scale: Annotated[float, Field(gt=0)] = 1.0,
     label_knots: Annotated[int, Field(ge=1)] = 1,
+    label_budget: Annotated[int, Field(ge=10, le=1197)] | None = None,
+    label_seed: int = 0,
+    classifier: str | None = None,
 ) -> DigitsDomain:
     """Build the digits domain from (shipped) weights.
 
@@ -279,6 +316,14 @@ def build(
             biases, driven by `cond["y"]` (see `PixelDenoiser`); CTRL's y-embedding still applies.
         label_scale: forward multiplier of those tables (= their learning-rate multiplier under Adam).
         label_knots: tables per block at evenly spaced timesteps, interpolated in t (1 = time-independent).
+        label_budget: use only this many labelled train-split digits (class-balanced,
+            `label_subset(y, label_budget, label_seed)`): `offline_data` returns them, and unless
+            `classifier` is given the reward classifier is retrained on them
+            (`train_budget_classifier`, ~10-20 s). None (or all 1,197) = every train-split label
+            and the shipped reward classifier.
+        label_seed: which subset.
+        classifier: path (without extension) of a reward classifier saved by `save_classifier`
+            to use instead (e.g. one trained by `train_budget_classifier` and cached).
 
     Returns:
         DigitsDomain.
@@ -290,10 +335,19 @@ def build(
         raise FileNotFoundError(f"digits weights folder {root} does not exist; expected unet/, scheduler/, "
                                 "digits_classifier.{json,safetensors}, digits_eval_classifier.{json,safetensors}")
     unet, scheduler = load_digits_model(root)
+    label_index = None
+    if label_budget is not None and label_budget < len(load_digits("train")[1]):
+        label_index = label_subset(load_digits("train")[1], label_budget, label_seed)
+    if classifier is not None:
+        reward_classifier = load_classifier(classifier)
+    elif label_index is not None:
+        reward_classifier = train_budget_classifier(label_budget, label_seed)[0]
+    else:
+        reward_classifier = load_classifier(root / "digits_classifier")
     return DigitsDomain(
-        unet, scheduler, load_classifier(root / "digits_classifier"), load_classifier(root / "digits_eval_classifier"),
+        unet, scheduler, reward_classifier, load_classifier(root / "digits_eval_classifier"),
         num_steps=num_steps, eta=eta, lora_rank=lora_rank, lora_targets=tuple(lora_targets),
         reward_target=reward_target, gradient_checkpointing=gradient_checkpointing,
         reference_samples=reference_samples, spacing=spacing, label_pathway=label_pathway, label_scale=label_scale,
-        label_knots=label_knots,
+        label_knots=label_knots, label_index=label_index,
     )

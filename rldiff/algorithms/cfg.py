@@ -9,6 +9,10 @@ the label dropped to null with probability `p_uncond`. Sampling uses
 With w = 1 it is the conditional model itself, whose target is p(x | y) = p_pre(x) p(y | x) / Z
 (gamma = 1): unlike CTRL it needs labelled samples from p_pre, and learns the whole conditional
 from them (the CTRL paper's sample-efficiency comparison; `num_examples` sets the label budget).
+
+The condition passed to the denoiser is {"y": y, "class_emb": E[y]}, with y = `num_labels` (the
+null label) in the unconditional branch and for dropped labels: a denoiser that reads `cond["y"]`
+itself (the digits label pathway) must treat that index as "no label", as `PixelDenoiser` does.
 """
 
 from __future__ import annotations
@@ -75,7 +79,10 @@ class CFG:
         x0, y = self.x[idx], self.y[idx].long()
         drop = torch.rand(self.batch_size, generator=generator).to(self.device) < self.p_uncond
         y_in = torch.where(drop, torch.full_like(y, self.embedding.null_label), y)
-        cond = {**(self.domain.sample_cond(self.batch_size, generator) or {}), "class_emb": self.embedding(y_in)}
+        # y goes in as well (null label = num_labels), for denoisers with their own label pathway
+        # (the digits `PixelDenoiser` with label_pathway=True reads cond["y"] and gives the null label no bias)
+        cond = {**(self.domain.sample_cond(self.batch_size, generator) or {}), "y": y_in,
+                "class_emb": self.embedding(y_in)}
         loss = self._diffusion_loss(x0, cond, generator)
         backward_fn(self.accelerator)(loss)
         gnorm = clip_and_step(self.optimizer, self.params, self.max_grad_norm)
@@ -106,7 +113,7 @@ class CFG:
 
         def uncond(cond: dict[str, Any]) -> dict[str, Any]:
             null = torch.full((cond["class_emb"].shape[0],), emb.null_label, device=cond["class_emb"].device)
-            return {**cond, "class_emb": emb(null)}
+            return {**cond, "y": null, "class_emb": emb(null)}
 
         pol = copy.copy(self.policy)
         pol.guidance_scale, pol.uncond = self.guidance_scale, uncond
