@@ -7,7 +7,8 @@ held-out sequences (chr1 by default, seen by neither gReLU model) as a stand-in 
 p_pre, the target is approximated by weighting each sequence with w_k(x) proportional to
 p_classifier(k | x)^gamma (self-normalised importance sampling). For each gamma and cell line k this
 prints the held-out oracle's accuracy, the 3-mer Pearson correlation with real training sequences of
-k, and the effective sample size of the weights. It separates what the *objective* allows
+k, the effective sample size of the weights, the target's KL to p_pre (nats, against the
+empirical pool) and its mean log p_classifier(k | x) (what a converged run's logged KL and reward approach). It separates what the *objective* allows
 (classifier-oracle agreement) from what a fine-tuning run reaches (optimisation, parameterisation).
 """
 
@@ -56,9 +57,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "oracle_acc": float((w * (oracle_call == k).float()).sum()),
                 "kmer3_corr": _corr(f / f.sum(), kmer_frequencies(real[k])),
                 "ess": float(1 / (w**2).sum()),
+                # KL(target || p_pre) in nats (against the empirical pool) and the target's mean
+                # classifier log p(k | x): what a converged CTRL run's logged KL and reward should be
+                "kl": float((w * torch.log(w * len(w)).clamp(min=-1e30)).sum()),
+                "reward": float((w * lp_clf[:, k]).sum()),
             })
         print(f"gamma {g:>5g}  " + "  ".join(
-            f"{r['cell_line']}: acc {r['oracle_acc']:.2f} k3 {r['kmer3_corr']:.3f} ess {r['ess']:.0f}"
+            f"{r['cell_line']}: acc {r['oracle_acc']:.2f} k3 {r['kmer3_corr']:.3f} ess {r['ess']:.0f} "
+            f"KL {r['kl']:.2f} r {r['reward']:.2f}"
             for r in rows[-4:]), flush=True)
     print(json.dumps(rows))
     return rows
