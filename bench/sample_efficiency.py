@@ -30,6 +30,7 @@ Other domains plug in through `STUDIES` (domain name -> study function returning
 from __future__ import annotations
 
 import json
+import math
 import sys
 import textwrap
 import time
@@ -284,8 +285,8 @@ def digits_tables(results: list[dict[str, Any]], budgets: list[str], methods: li
 
     def tcell(r: dict[str, Any], x: dict[str, Any]) -> str:
         star = "*" if r.get("resumed_from_step") else ""
-        return (f"{(r['train_wall_s'] + x['sample_wall_s']) / 60:.1f} min "
-                f"({r['train_cpu_s'] / 60:.1f} + {x['sample_cpu_s'] / 60:.1f}){star}")
+        return (f"{r['train_cpu_s'] / 60:.1f} + {x['sample_cpu_s'] / 60:.1f} "
+                f"({(r['train_wall_s'] + x['sample_wall_s']) / 60:.0f}){star}")
 
     tm = C.table(["method", *[f"{b} labels" for b in bl]],
                  [[lab, *[cell(m, b, v, tcell) for b in budgets]] for lab, m, v in rows])
@@ -302,9 +303,9 @@ def digits_tables(results: list[dict[str, Any]], budgets: list[str], methods: li
     parts = [f"Held-out judge accuracy / macro-F1 of {n:,} samples ({n // 10:,} per digit):", "", acc, "",
              (f"Fréchet distance to the pre-trained model's samples (judge feature space; pre-trained vs real "
               f"digits: {fd_ref:.1f}):"), "", fd, "",
-             (f"Time: wall minutes of training + sampling {n:,} (CPU minutes of training + sampling in "
-              "parentheses; `*` = resumed, the training time covers only the resumed part; evaluation "
-              "excluded):"),
+             (f"Time: CPU minutes of training + sampling {n:,} (the process's CPU time on one torch thread; "
+              "evaluation excluded), and in parentheses the wall minutes of both, which the shared machine's "
+              "load inflates; `*` = resumed, the training time covers only the resumed part:"),
              "", tm, "", "The reward classifier of each budget (used by CTRL and DPS):", "", clf, "",
              _verdict(by, budgets, s)]
     return "\n".join(parts)
@@ -329,34 +330,60 @@ def _first(results: list[dict[str, Any]], key: str) -> float:
     return float("nan")
 
 
+def _se(p: float, n: float) -> float:
+    """Binomial standard error of an accuracy p measured on n samples."""
+    return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
+
+
 def _verdict(by: dict[tuple[str, str], dict[str, Any]], budgets: list[str], s: dict[str, Any]) -> str:
-    """One sentence per budget comparing CTRL with the best CFG variant, and the label-efficiency claim."""
-    lines = []
+    """Per budget: CTRL against CFG at its best w (with 2 binomial standard errors of the difference)
+    and the best method overall; then the label-efficiency claim."""
+    n = s["eval_samples"]
+
+    def best(m: str, b: str) -> tuple[float, str] | None:
+        r = by.get((m, b))
+        return max((v["accuracy"], k) for k, v in r["variants"].items()) if r else None
+
+    def compare(a: float, b: float) -> str:
+        d, two_se = a - b, 2 * math.hypot(_se(a, n), _se(b, n))
+        word = "ahead" if d > two_se else "behind" if d < -two_se else "within noise"
+        return f"{d:+.3f} +- {two_se:.3f}, {word}"
+
     ctrl = {b: by[("ctrl", b)]["variants"]["default"]["accuracy"] for b in budgets if ("ctrl", b) in by}
-    cfg = {b: max((v["accuracy"], k) for k, v in by[("cfg", b)]["variants"].items()) for b in budgets
-           if ("cfg", b) in by}
+    cfg = {b: best("cfg", b) for b in budgets if ("cfg", b) in by}
     if not ctrl or not cfg:
         return "(CTRL or CFG missing: no comparison.)"
+    lines = []
     for b in budgets:
+        if b not in ctrl and b not in cfg:
+            continue
+        parts = []
         if b in ctrl and b in cfg:
-            lines.append(f"- {_budget_n(b):,} labels: CTRL {ctrl[b]:.3f}, CFG at its best w ({cfg[b][1]}) "
-                         f"{cfg[b][0]:.3f} (difference {ctrl[b] - cfg[b][0]:+.3f}).")
-    best_cfg = max(v[0] for v in cfg.values())
-    enough = [b for b in budgets if b in ctrl and ctrl[b] >= best_cfg]
-    if enough:
-        b = min(enough, key=_budget_n)
-        top = max(cfg, key=lambda k: cfg[k][0])
-        claim = (f"CTRL with {_budget_n(b):,} labels ({ctrl[b]:.3f}) matches or beats the best CFG result at any "
-                 f"budget ({best_cfg:.3f}, {_budget_n(top):,} labels, w = {cfg[top][1]})")
-    else:
-        claim = f"CTRL never reaches the best CFG accuracy ({best_cfg:.3f}) at these budgets"
-    head = ("Label efficiency, measured (judge accuracy; CFG's w picked per budget by the judge, which "
-            "favours CFG):")
+            parts.append(f"CTRL {ctrl[b]:.3f} vs CFG at its best w ({cfg[b][1]}) {cfg[b][0]:.3f}: "
+                         f"{compare(ctrl[b], cfg[b][0])}")
+        elif b in cfg:
+            parts.append(f"CTRL not run; CFG at its best w ({cfg[b][1]}) {cfg[b][0]:.3f}")
+        tops = [(x[0], m, x[1]) for m in DIGITS_METHODS if (x := best(m, b)) is not None]
+        acc, m, v = max(tops)
+        label = METHOD_NAMES[m] + ("" if m == "ctrl" else f" ({SCALE_NAMES[m]} = {v})")
+        parts.append(f"best of all methods: {label} {acc:.3f}")
+        lines.append(f"- {_budget_n(b):,} labels: " + "; ".join(parts) + ".")
+    top = max(cfg, key=lambda k: cfg[k][0])
+    best_cfg = cfg[top][0]
+    fewest = min(ctrl, key=_budget_n)
+    claim = (f"CTRL with {_budget_n(fewest):,} labels ({ctrl[fewest]:.3f}) against CFG's best result at any "
+             f"budget ({best_cfg:.3f}, {_budget_n(top):,} labels, w = {cfg[top][1]}): "
+             f"{compare(ctrl[fewest], best_cfg)}")
+    head = (f"Label efficiency, measured (judge accuracy; +- = 2 binomial standard errors of the difference "
+            f"at {n:,} samples; the best w / scale is picked per budget by the judge, which favours the "
+            "baselines):")
     return "\n".join([head, "", *lines, "", f"**{claim}.**"])
 
 
-def digits_study(budgets: list[str] | None, methods: list[str] | None, out_dir: Path, quick: bool) -> Study:
-    """The digits study: every method x budget, cached per (budget, method)."""
+def digits_study(budgets: list[str] | None, methods: list[str] | None, out_dir: Path, quick: bool,
+                 cached_only: bool = False) -> Study:
+    """The digits study: every method x budget, cached per (budget, method); with `cached_only` only
+    the cached results are tabulated (the others show as "not run")."""
     s = digits_settings(quick)
     budgets = budgets or s["budgets"]
     methods = methods or list(DIGITS_METHODS)
@@ -368,13 +395,18 @@ def digits_study(budgets: list[str] | None, methods: list[str] | None, out_dir: 
             raise ValueError(f"budget {b!r} must be 'all' or an integer in [10, {DIGITS_ALL}]")
     root = out_dir / "digits"
     root.mkdir(parents=True, exist_ok=True)
-    for b in budgets:  # every budget's reward classifier first (cached; ~10-20 s each)
-        _digits_classifier(b, root, s)
+    if not cached_only:
+        for b in budgets:  # every budget's reward classifier first (cached; ~10-20 s each)
+            _digits_classifier(b, root, s)
     results = []
     for b in budgets:
         for m in methods:
+            path = root / f"n{b}" / f"{m}.json"
+            if cached_only and not path.is_file():
+                print(f"\n=== digits, {b} labels, {m}: not cached, left out (--cached-only)", flush=True)
+                continue
             print(f"\n=== digits, {b} labels, {m}", flush=True)
-            results.append(_cached(root / f"n{b}" / f"{m}.json", lambda m=m, b=b: _digits_method(m, b, s, root)))
+            results.append(_cached(path, lambda m=m, b=b: _digits_method(m, b, s, root)))
     d, c, f, g = s["domain"], s["ctrl"]["algorithm"], s["cfg"], s["cg"]
 
     def scales(m: str) -> str:
@@ -409,8 +441,9 @@ def digits_study(budgets: list[str] | None, methods: list[str] | None, out_dir: 
     return Study("digits", "Digits", intro, body, results)
 
 
-#: domain -> study function (budgets or None, methods or None, out_dir, quick) -> Study
-STUDIES: dict[str, Callable[[list[str] | None, list[str] | None, Path, bool], Study]] = {"digits": digits_study}
+#: domain -> study function (budgets or None, methods or None, out_dir, quick, cached_only) -> Study
+STUDIES: dict[str, Callable[[list[str] | None, list[str] | None, Path, bool, bool], Study]] = {
+    "digits": digits_study}
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -421,6 +454,8 @@ def main(argv: list[str] | None = None) -> Study:
     ap.add_argument("--methods", help="comma-separated subset of the domain's methods (digits: ctrl,cfg,cg,dps)")
     ap.add_argument("--out-dir", type=Path, help="result cache and run folders (default runs/sample_efficiency, "
                     "runs/sample_efficiency_quick with --quick)")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="tabulate only the results already in --out-dir (compute nothing; missing = 'not run')")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--docs", type=Path, help=f"benchmarks file to update (default {C.DOCS.relative_to(C.REPO)}; "
                     "with --quick only when given)")
@@ -431,7 +466,8 @@ def main(argv: list[str] | None = None) -> Study:
     out_dir = args.out_dir or C.REPO / "runs" / ("sample_efficiency_quick" if args.quick else "sample_efficiency")
     load_before = C.load_average()
     study = STUDIES[args.domain](args.budgets.split(",") if args.budgets else None,
-                                 args.methods.split(",") if args.methods else None, out_dir, args.quick)
+                                 args.methods.split(",") if args.methods else None, out_dir, args.quick,
+                                 args.cached_only)
     print(f"\n{study.intro}\n\n{study.body}", flush=True)
     write = not args.no_docs and (not args.quick or args.docs or args.results_docs)
     if write:

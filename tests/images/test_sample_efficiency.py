@@ -122,4 +122,9 @@ def test_sample_efficiency_quick_writes_its_tables(tmp_path):
     again = sample_efficiency.main(argv)
     assert [r["variants"] for r in again.results] == [r["variants"] for r in study.results]
     assert results_md.read_text().count("## Digits") == 1
+    # --cached-only tabulates what is cached and computes nothing: a missing result shows as "not run"
+    (tmp_path / "out" / "digits" / "n20" / "dps.json").unlink()
+    part = sample_efficiency.main([*argv, "--cached-only"])
+    assert ("dps", "20") not in {(r["method"], r["budget"]) for r in part.results} and len(part.results) == 7
+    assert not (tmp_path / "out" / "digits" / "n20" / "dps.json").exists() and "not run" in results_md.read_text()
     assert {p: p.stat().st_mtime_ns for p in real if p.exists()} == stamp  # the real docs are untouched
