@@ -43,7 +43,7 @@ for p in (REPO, REPO / "bench"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench._common import Report, load_average, machine, update_docs, versions  # noqa: E402
+from bench._common import Report, load_average, machine, update_docs, versions
 
 CELLS = ("GM12878", "hESC", "K562", "HepG2")
 #: method -> shipped recipe (None: evaluated here); the order in which they run and are listed
@@ -72,6 +72,15 @@ QUICK = {
     "ctrl": ["algorithm.batch_size=4", "train.steps=2"],
 }
 WALL_FILE = "results_wall.json"
+NOTE_FILE = "results_note.txt"  # optional one-line remark on a run, shown in the table's run list
+#: docs/results.md's opening when this script creates it (the same as bench/sample_efficiency.py's)
+RESULTS_INTRO = """# Results
+
+Measured comparisons of rldiff's algorithms, each produced by one command in the repository (the
+command, machine and versions are given under each section). Benchmarks of speed and memory are in
+[benchmarks.md](benchmarks.md).
+
+"""
 SECTION = "results:dna"
 
 
@@ -192,7 +201,9 @@ the pre-trained model's samples; **ELBO ratio** = ELBO under the pre-trained mod
 own samples (1 = as likely; > 1 = less likely); **unique** = fraction of distinct sequences;
 **Hamming** = mean pairwise Hamming distance (of 200); **wall (CPU)** = wall-clock minutes of the
 run on one torch thread, training + final evaluation (in brackets: the CPU minutes of the process,
-less sensitive to other jobs sharing the 2 cores).
+less sensitive to other jobs sharing the 2 cores). SVDD has no training: its time is sampling the
+256 sequences (16 candidates per step, the classifier scoring each), which every later batch pays
+again, while a fine-tuned policy samples 256 sequences in well under a minute.
 
 The pre-trained row labels its unconditional samples 64 per cell line as if requested (chance
 level ~0.25). CFG fine-tunes the y-embedding and LoRA on all ~39k labelled training-chromosome
@@ -216,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--eval-samples", type=int, default=None, help="samples per method (default 256; quick 8)")
     ap.add_argument("--docs", type=Path, default=REPO / "docs" / "results.md", help="Markdown file to update")
     ap.add_argument("--no-docs", action="store_true", help="do not write the Markdown section")
+    ap.add_argument("--remark", default="", help="a paragraph added under the table (e.g. how loaded the machine was)")
     args = ap.parse_args(argv)
     if args.eval_samples is None:
         args.eval_samples = 8 if args.quick else 256
@@ -233,6 +245,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown := only - set(METHODS):
         ap.error(f"--only: unknown method(s) {sorted(unknown)}; valid: {', '.join(METHODS)}")
     args.runs_dir.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    torch.set_num_threads(1)  # as every recipe here (domain.threads: 1); also what `machine()` reports
     load_before = load_average()
 
     rows: dict[str, dict[str, Any]] = {}
@@ -249,6 +264,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             wall, cpu = wall_seconds(run_dir)
             rows[method] = {"run_dir": _rel(run_dir), "step": ev["step"], "num_samples": ev["num_samples"],
                             "metrics": ev["metrics"], "wall_seconds": wall, "cpu_seconds": cpu}
+            if (run_dir / NOTE_FILE).exists():  # e.g. how an interrupted run's wall time was counted
+                rows[method]["note"] = (run_dir / NOTE_FILE).read_text().strip()
             print(f"[{method}] {run_dir}: oracle acc {_per_cell(ev['metrics'], 'oracle_acc')}", flush=True)
         else:
             print(f"[{method}] no eval.json in {run_dir}: left out of the table", flush=True)
@@ -256,17 +273,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (args.runs_dir / "results_dna.json").write_text(json.dumps(rows, indent=2) + "\n")
     body = table(rows)
     sources = "\n".join(f"- {m}: `{r['run_dir']}` ({r['step']} updates, {r['num_samples']} samples)"
-                        for m, r in rows.items())
+                        + (f"; {r['note']}" if r.get("note") else "") for m, r in rows.items())
     cmd = " ".join(["nice .venv/bin/python scripts/dna/results.py",
                     *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     print(body)
     if not args.no_docs:
-        report = Report(key=SECTION, title="DNA", intro=INTRO, body=body + "\n\nRuns:\n\n" + sources,
+        report = Report(key=SECTION, title="DNA", intro=INTRO, body=body + (f"\n\n{args.remark.strip()}" if args.remark.strip() else "") + "\n\nRuns:\n\n" + sources,
                         command=cmd, load_before=load_before, load_after=load_average(),
                         machine=machine(), versions=versions())
         if not args.docs.exists():
             args.docs.parent.mkdir(parents=True, exist_ok=True)
-            args.docs.write_text("# Results\n\n")
+            args.docs.write_text(RESULTS_INTRO)
         update_docs(report, path=args.docs)
         print(f"wrote the DNA section of {args.docs}")
     return rows
