@@ -479,9 +479,12 @@ def main(argv: list[str] | None = None) -> Study:
                                f"(`bench/sample_efficiency.py`, {study.domain})", study.intro, study.body, cmd,
                                load_before, load_after), docs)
         results = args.results_docs or RESULTS_DOCS
-        if not results.exists():
-            results.write_text(RESULTS_INTRO)
-        C.update_docs(C.Report(f"results:{study.domain}", study.title, study.intro, study.body, cmd,
+        text = results.read_text() if results.exists() else RESULTS_INTRO
+        key = f"results:{study.domain}"
+        if f"<!-- bench:{key} -->" not in text:  # a new domain's section goes at the end, after the others
+            text = text.rstrip("\n") + f"\n\n<!-- bench:{key} -->\n<!-- /bench:{key} -->\n"
+        results.write_text(text)
+        C.update_docs(C.Report(key, study.title, study.intro, study.body, cmd,
                                load_before, load_after), results)
     return study
 

@@ -100,6 +100,8 @@ def test_sample_efficiency_quick_writes_its_tables(tmp_path):
     stamp = {p: p.stat().st_mtime_ns for p in real if p.exists()}
     bench_md, results_md = tmp_path / "benchmarks.md", tmp_path / "results.md"
     bench_md.write_text("# Benchmarks\n\nintro\n\n## Ray\n\nkept\n")
+    other = "<!-- bench:results:dna -->\n## DNA\n\nanother domain's section\n<!-- /bench:results:dna -->\n"
+    results_md.write_text(sample_efficiency.RESULTS_INTRO + other)
     argv = ["--quick", "--out-dir", str(tmp_path / "out"), "--docs", str(bench_md), "--results-docs", str(results_md)]
     start = time.process_time()  # CPU time: the shared test machine's load does not inflate it
     study = sample_efficiency.main(argv)
@@ -117,6 +119,7 @@ def test_sample_efficiency_quick_writes_its_tables(tmp_path):
     assert text.index("bench:sample_efficiency") < text.index("## Ray") and "kept" in text
     res = results_md.read_text()
     assert res.startswith("# Results") and "<!-- bench:results:digits -->" in res and "## Digits" in res
+    assert other in res and res.index("/bench:results:dna") < res.index("bench:results:digits")  # kept whole
     assert "| CFG (w = 3) |" in res and "Command:" in res
     # a second run reuses every cached result and rewrites the same tables
     again = sample_efficiency.main(argv)
