@@ -43,3 +43,29 @@ def tiny_classifier():
 
     torch.manual_seed(0)
     return GReLUClassifier(build_lightning_model(4, "multiclass", TINY_CLASSIFIER), temperature=2.0).eval()
+
+
+@pytest.fixture
+def build_tiny(tmp_path, tiny_denoiser, tiny_classifier):
+    """A factory for DNA domains built through `domains.dna.build` from the tiny models saved to
+    tmp_path (classifier doubling as oracle, 3 random baseline sequences); kwargs go to `build`."""
+    import gzip
+
+    from domains.dna.grelu_models import save_grelu
+    from domains.dna.model import save_denoiser
+
+    save_denoiser(tiny_denoiser, tmp_path / "d.safetensors")
+    save_grelu(tiny_classifier, tmp_path / "c.safetensors")
+    torch.manual_seed(1)
+    with gzip.open(tmp_path / "base.txt.gz", "wt") as fh:
+        fh.write("\n".join("".join("ACGT"[i] for i in torch.randint(0, 4, (200,)).tolist()) for _ in range(3)))
+
+    def build(**kw):
+        from domains.dna import build as build_domain
+
+        return build_domain(denoiser=str(tmp_path / "d.safetensors"), classifier=str(tmp_path / "c.safetensors"),
+                            oracle=str(tmp_path / "c.safetensors"), num_steps=4, lora_rank=2,
+                            baseline_samples=str(tmp_path / "base.txt.gz"), eval_real_per_class=50,
+                            elbo_samples=2, **kw)
+
+    return build

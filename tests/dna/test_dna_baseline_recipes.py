@@ -7,10 +7,8 @@ import json
 
 import pytest
 
-from rldiff.config import load_recipe, shipped_recipes
+from tests.dna._recipes import run_tiny
 
-TINY = ["domain.num_steps=2", "domain.elbo_samples=1", "domain.eval_real_per_class=64", "train.eval_samples=8",
-        "train.checkpoint_every=0", "logging.tensorboard=false"]
 RECIPES = {
     "dna/cfg_cell_type": ["algorithm.batch_size=4", "train.steps=2"],
     "dna/svdd_cell_type": ["algorithm.num_candidates=2", "algorithm.batch_size=4"],
@@ -21,19 +19,7 @@ RECIPES = {
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_runs(name, tmp_path, fresh_accelerate_state):
-    from rldiff.train.trainer import train
-
-    assert shipped_recipes()[name].read_text().splitlines()[0] == f"# rldiff run {name}"
-    cfg = load_recipe(name, [*TINY, *RECIPES[name], f"output_dir={tmp_path}"]).config
-    assert cfg.description
-    res = train(cfg, tmp_path, show_progress=False)
-    m = json.loads((tmp_path / "eval.json").read_text())["metrics"]
-    for c in ("GM12878", "hESC", "K562", "HepG2"):
-        assert 0 <= m[f"oracle_acc_{c}"] <= 1 and f"motif_enrichment_{c}" in m and f"kmer3_corr_{c}" in m
-    assert m["num_samples"] == 8 and res.eval_metrics == pytest.approx(m)
-    fasta = next(tmp_path.glob("eval/step_*/samples.fasta")).read_text()
-    for c in ("GM12878", "hESC", "K562", "HepG2"):  # two requested per cell line
-        assert fasta.count(f"target={c}") == 2
+    run_tiny(name, RECIPES[name], tmp_path)
     if "steps=2" in RECIPES[name]:
         from safetensors.torch import load_file
 

@@ -3,38 +3,16 @@ backprop (zero-initialised y-embedding; the reference stays the pre-trained mode
 
 from __future__ import annotations
 
-import gzip
-
 import pytest
 import torch
 
-from domains.dna.grelu_models import save_grelu
-from domains.dna.model import save_denoiser
 from rldiff.core.rollout import rollout
 
 
-@pytest.fixture
-def saved(tmp_path, tiny_denoiser, tiny_classifier):
-    save_denoiser(tiny_denoiser, tmp_path / "d.safetensors")
-    save_grelu(tiny_classifier, tmp_path / "c.safetensors")
-    torch.manual_seed(1)
-    with gzip.open(tmp_path / "base.txt.gz", "wt") as fh:
-        fh.write("\n".join("".join("ACGT"[i] for i in torch.randint(0, 4, (200,)).tolist()) for _ in range(3)))
-    return tmp_path
-
-
-def _build(path, **kw):
-    from domains.dna import build
-
-    return build(denoiser=str(path / "d.safetensors"), classifier=str(path / "c.safetensors"),
-                 oracle=str(path / "c.safetensors"), num_steps=4, lora_rank=2,
-                 baseline_samples=str(path / "base.txt.gz"), eval_real_per_class=50, elbo_samples=2, **kw)
-
-
-def test_offline_data_is_the_training_chromosomes_shuffled(saved):
+def test_offline_data_is_the_training_chromosomes_shuffled(build_tiny):
     from domains.dna.data import load_dnase
 
-    d = _build(saved)
+    d = build_tiny()
     x, y = d.offline_data()
     train = load_dnase("train")
     assert x.dtype == torch.long and x.shape == (len(train), 200) and y.shape == (len(train),)
@@ -47,8 +25,8 @@ def test_offline_data_is_the_training_chromosomes_shuffled(saved):
     assert seqs <= {tuple(r) for r in x.tolist()}
 
 
-def test_label_conditioning_starts_at_the_pretrained_model(saved):
-    d = _build(saved, label_conditioning=True)
+def test_label_conditioning_starts_at_the_pretrained_model(build_tiny):
+    d = build_tiny(label_conditioning=True)
     g = torch.Generator().manual_seed(0)
     cond = d.sample_cond(10, g)
     assert torch.equal(torch.bincount(cond["y"], minlength=4), torch.tensor([3, 3, 2, 2]))  # balanced
@@ -76,10 +54,10 @@ def test_label_conditioning_starts_at_the_pretrained_model(saved):
         assert not torch.allclose(out, d.policy.denoiser(x, t, other))
 
 
-def test_label_conditioned_reward_backprop_reaches_the_embedding(saved):
+def test_label_conditioned_reward_backprop_reaches_the_embedding(build_tiny):
     from rldiff.algorithms.backprop import RewardBackprop
 
-    d = _build(saved, label_conditioning=True, reward="specificity")
+    d = build_tiny(label_conditioning=True, reward="specificity")
     algo = RewardBackprop(d, batch_size=4, kl_weight=0.1, grad="all", relaxation="gumbel_rao", lr=1e-2)
     emb = d.trainable["y_embedding"].weight
     algo.update(0, torch.Generator().manual_seed(0))
@@ -88,6 +66,6 @@ def test_label_conditioned_reward_backprop_reaches_the_embedding(saved):
     assert torch.equal(torch.bincount(s["y"], minlength=4), torch.full((4,), 2))
 
 
-def test_label_conditioning_rejects_a_fixed_target(saved):
+def test_label_conditioning_rejects_a_fixed_target(build_tiny):
     with pytest.raises(ValueError, match="fixed target"):
-        _build(saved, label_conditioning=True, target="K562")
+        build_tiny(label_conditioning=True, target="K562")

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
-
 import pytest
 import torch
 
 from domains.dna.data import CELL_LINES
-from domains.dna.grelu_models import save_grelu
-from domains.dna.model import save_denoiser
 from rldiff.core.rollout import rollout
 from rldiff.train.protocol import RLDomain
 
 
 @pytest.fixture
-def tiny_domain(tmp_path, tiny_denoiser, tiny_classifier):
-    from domains.dna import build
-
-    save_denoiser(tiny_denoiser, tmp_path / "d.safetensors")
-    save_grelu(tiny_classifier, tmp_path / "c.safetensors")
-    torch.manual_seed(1)
-    with gzip.open(tmp_path / "base.txt.gz", "wt") as fh:
-        fh.write("\n".join("".join("ACGT"[i] for i in torch.randint(0, 4, (200,)).tolist()) for _ in range(3)))
-    return build(denoiser=str(tmp_path / "d.safetensors"), classifier=str(tmp_path / "c.safetensors"),
-                 oracle=str(tmp_path / "c.safetensors"), num_steps=4, lora_rank=2,
-                 baseline_samples=str(tmp_path / "base.txt.gz"), eval_real_per_class=50, elbo_samples=2)
+def tiny_domain(build_tiny):
+    return build_tiny()
 
 
 def test_contract(tiny_domain):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from rldiff.config import load_recipe, shipped_recipes
+from tests.dna._recipes import run_tiny
 
 NAMES = ("dna/pretrain", "dna/ctrl_cell_type")
 
@@ -31,19 +30,7 @@ def test_pretrain_recipe_two_updates(tmp_path, fresh_accelerate_state):
 
 
 def test_ctrl_cell_type_two_updates(tmp_path, fresh_accelerate_state):
-    from rldiff.train.trainer import train
-
-    over = ["domain.num_steps=2", "domain.elbo_samples=1", "domain.eval_real_per_class=64",
-            "algorithm.batch_size=4", "train.steps=2", "train.eval_samples=8", "train.checkpoint_every=0",
-            "logging.tensorboard=false", f"output_dir={tmp_path}"]
-    cfg = load_recipe("dna/ctrl_cell_type", over).config
-    res = train(cfg, tmp_path, show_progress=False)
-    m = json.loads((tmp_path / "eval.json").read_text())["metrics"]
-    for c in ("GM12878", "hESC", "K562", "HepG2"):
-        assert 0 <= m[f"oracle_acc_{c}"] <= 1 and f"motif_enrichment_{c}" in m and f"kmer3_corr_{c}" in m
-    assert m["num_samples"] == 8 and res.eval_metrics == pytest.approx(m)
-    fasta = next(tmp_path.glob("eval/step_*/samples.fasta")).read_text()
-    assert fasta.count(">") == 8 and "target=HepG2" in fasta
+    run_tiny("dna/ctrl_cell_type", ["algorithm.batch_size=4", "train.steps=2"], tmp_path)
     ckpt = next(tmp_path.glob("checkpoints/step_*"))
     from safetensors.torch import load_file
 
