@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "ess": float(1 / (w**2).sum()),
                 # KL(target || p_pre) in nats (against the empirical pool) and the target's mean
                 # classifier log p(k | x): what a converged CTRL run's logged KL and reward should be
-                "kl": float((w * torch.log(w * len(w)).clamp(min=-1e30)).sum()),
+                "kl": float(torch.special.xlogy(w, w * len(w)).sum()),
                 "reward": float((w * lp_clf[:, k]).sum()),
             })
         print(f"gamma {g:>5g}  " + "  ".join(
