@@ -1,7 +1,9 @@
-"""Evaluation helpers shared by the image domains: label agreement, Frechet distance, diversity, grids."""
+"""Evaluation helpers shared by the image domains: label agreement, Frechet distance, diversity, grids, BRISQUE."""
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,3 +127,47 @@ def save_class_grids(images: Tensor, labels: Tensor, out_dir: str | Path, classe
     if rows:
         paths.append(save_grid(torch.cat(rows), out_dir / f"{prefix}.png", ncol=ncol))
     return paths
+
+
+#: below this side length BRISQUE's two-scale statistics are computed on too few pixels to mean anything
+BRISQUE_MIN_SIDE = 32
+
+
+@functools.cache
+def _brisque_model():
+    """The `brisque` package's scorer with its bundled LIVE-trained SVM (no download).
+
+    brisque 0.2.0 returns some features as 1-element arrays, which NumPy >= 2.4 no longer converts with
+    float(); the subclass flattens them to scalars and changes nothing else.
+    """
+    with warnings.catch_warnings():  # brisque imports the deprecated scipy.ndimage.filters
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from brisque import BRISQUE
+
+    class _Brisque(BRISQUE):
+        def calculate_brisque_features(self, image, kernel_size=7, sigma=7 / 6):
+            feats = super().calculate_brisque_features(image, kernel_size=kernel_size, sigma=sigma)
+            return np.array([np.asarray(f, dtype=np.float64).item() for f in feats])
+
+    return _Brisque(url=False)
+
+
+def brisque_scores(images: Tensor) -> np.ndarray:
+    """BRISQUE of each image (no-reference quality; lower = better, ~0-100 for natural images).
+
+    Computed by the `brisque` package (Mittal et al. 2012 features, its bundled SVM regressor trained on
+    LIVE), on the 8-bit RGB view of the images. Args: images [N, C, H, W] in [-1, 1], C = 1 or 3.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"BRISQUE needs images [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
+    if min(images.shape[-2:]) < BRISQUE_MIN_SIDE:
+        raise ValueError(f"BRISQUE needs images at least {BRISQUE_MIN_SIDE}x{BRISQUE_MIN_SIDE} pixels, "
+                         f"got {images.shape[-2]}x{images.shape[-1]}")
+    model = _brisque_model()
+    u8 = to_uint8(images.expand(-1, 3, -1, -1))
+    return np.array([float(model.score(img)) for img in u8])
+
+
+def brisque_score(images: Tensor) -> float:
+    """Mean BRISQUE of a batch (see `brisque_scores`)."""
+    return float(brisque_scores(images).mean())

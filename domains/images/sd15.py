@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,7 +30,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from domains.images.lora import ReferenceView, add_lora, lora_parameters
-from domains.images.metrics import label_agreement, save_class_grids
+from domains.images.metrics import (
+    BRISQUE_MIN_SIDE,
+    brisque_score,
+    label_agreement,
+    save_class_grids,
+)
 from domains.images.rewards import LevelClasses, ProductClasses, to_uint8_hwc
 from rldiff.core.gaussian import GaussianPolicy
 
@@ -333,7 +339,7 @@ class SD15Domain:
         Returns:
             accuracy / macro_f1 / acc_class_<k> of the measured label vs the requested one (when a
             `measure` and y are given), reward_mean, clip_score (with `clip_model`), brisque (with
-            `brisque=True` and piq installed).
+            `brisque=True`; `domains.images.metrics.brisque_score`).
         """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -369,7 +375,11 @@ class SD15Domain:
         if self.clip_model is not None and prompts is not None:
             metrics["clip_score"] = clip_score(images, list(prompts), self.clip_model)
         if self.brisque:
-            metrics["brisque"] = brisque_score(images)
+            if min(images.shape[-2:]) >= BRISQUE_MIN_SIDE:
+                metrics["brisque"] = brisque_score(images)
+            else:  # a metric must not cost the run its evaluation
+                warnings.warn(f"BRISQUE skipped: images are {images.shape[-2]}x{images.shape[-1]} pixels, "
+                              f"it needs at least {BRISQUE_MIN_SIDE}", stacklevel=2)
         classes = sorted(set(labels.tolist()))
         save_class_grids(images, labels, out_dir, classes, per_class=16)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -479,32 +489,6 @@ def clip_score(images: Tensor, prompts: Sequence[str], clip_model: str | os.Path
     return float(score)
 
 
-def brisque_score(images: Tensor, svm_weights: str | os.PathLike | None = None) -> float:
-    """Mean BRISQUE (lower = better) from `piq` (pip install piq; needs torchvision).
-
-    piq fetches its SVM weights from GitHub on first use; offline, pass `svm_weights` (a local copy of
-    brisque_svm_weights.pt) or put it in torch's hub cache.
-    """
-    try:
-        import piq
-    except ImportError as err:
-        raise ImportError("BRISQUE needs the `piq` package (pip install piq torchvision)") from err
-    x = ((images.float().clamp(-1, 1) + 1) / 2).cpu()
-    if svm_weights is None:
-        return float(piq.brisque(x, data_range=1.0, reduction="mean"))
-    from piq import brisque as brisque_mod
-
-    path = Path(svm_weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"BRISQUE SVM weights {path} not found (piq's brisque_svm_weights.pt)")
-    original = brisque_mod.load_url
-    brisque_mod.load_url = lambda *a, **k: torch.load(path, map_location=k.get("map_location", "cpu"), weights_only=True)
-    try:
-        return float(piq.brisque(x, data_range=1.0, reduction="mean"))
-    finally:
-        brisque_mod.load_url = original
-
-
 # ------------------------------------------------------------------------------------------ builders
 def build(
     model: str = "runwayml/stable-diffusion-v1-5",
@@ -546,7 +530,7 @@ def build(
         measure: images -> measured labels for evaluation, e.g. `rewards.compressibility_classes`.
         label_names: names of y's classes for grids and reports.
         clip_model: local CLIP folder for the evaluation's CLIP score (None = skip).
-        brisque: report BRISQUE (needs piq).
+        brisque: report the mean BRISQUE of the samples (the `brisque` package; images >= 32 px).
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -77,7 +77,9 @@ def _overrides(name, tiny, clf, out):
             "algorithm.batch_size=2", "domain.num_steps=5", "train.steps=1", "train.eval_samples=4"],
         "sd15_ddpo_aesthetic": [*aes, "algorithm.batch_size=2", "train.steps=2", "train.eval_samples=2",
                                 f"domain.clip_model={tiny['clip']}"],
-        "sd15_ddpo_compressibility": ["algorithm.batch_size=2", "train.steps=2", "train.eval_samples=2"],
+        # 32 px images (the smallest BRISQUE scores); the others are 16 px and skip it with a warning
+        "sd15_ddpo_compressibility": ["algorithm.batch_size=2", "train.steps=2", "train.eval_samples=2",
+                                      "domain.resolution=32"],
         "sd15_backprop_aesthetic": [*aes, "algorithm.batch_size=2", "train.steps=2", "train.eval_samples=2"],
     }[name]
     return common + specific
@@ -105,5 +107,7 @@ def test_sd_recipe_runs_with_a_tiny_pipeline(name, tiny_models, tiny_classifiers
         assert math.isfinite(metrics["clip_score"])
     if name == "sd15_ctrl_multitask":
         assert "accuracy_attribute_0" in metrics and "accuracy_attribute_1" in metrics
+    assert ("brisque" in metrics) == (name == "sd15_ddpo_compressibility")  # every SD recipe asks for BRISQUE
     if name == "sd15_ddpo_compressibility":
+        assert math.isfinite(metrics["brisque"]) and metrics["brisque"] > 0
         assert metrics["reward_mean"] == pytest.approx(-metrics["measured_value_mean"], rel=1e-6)
