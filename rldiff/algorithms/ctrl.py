@@ -171,7 +171,9 @@ class CTRL:
         return {"ctrl": self.optimizer}
 
     def _wrap_uncond(self) -> None:
-        """Classifier-free guidance on the base condition: the unconditional branch gets the null label."""
+        """Classifier-free guidance on the base condition: the unconditional branch gets the null label,
+        both as the y-embedding and, for a denoiser that reads labels itself (e.g. the digits label
+        pathway), as `cond["y"]` (hard labels -> the null label K; soft labels [B, K] -> all zeros)."""
         base_uncond = self.policy.uncond
 
         def uncond(cond: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +181,9 @@ class CTRL:
             if isinstance(cond, dict) and "class_emb" in cond:
                 null = torch.full((cond["class_emb"].shape[0],), self.embedding.null_label, device=self.device)
                 out = {**out, "class_emb": self.embedding(null)}
+                y = out.get("y")
+                if torch.is_tensor(y):
+                    out["y"] = torch.zeros_like(y) if y.is_floating_point() else null.to(y.device, y.dtype)
             return out
 
         self.policy.uncond = uncond

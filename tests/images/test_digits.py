@@ -196,3 +196,28 @@ def test_ctrl_trains_the_label_pathway_and_keeps_the_reference():
         after = domain.denoiser(x, t, {"y": y})
         assert torch.equal(domain.policy.reference(x, t, {"y": y}), before)
     assert (after - before).abs().max() > 1e-4
+
+
+def test_ctrl_guidance_uncond_branch_gets_the_null_label_for_y_too():
+    """With guidance on, CTRL's unconditional branch replaces both the y-embedding and a label the denoiser
+    reads itself (the digits label pathway) by the null label, so that branch is the pre-trained model."""
+    from domains.images.digits import build
+    from rldiff.algorithms.ctrl import CTRL
+
+    torch.manual_seed(0)
+    domain = build(num_steps=2, lora_rank=0, label_pathway=True, label_knots=2, reference_samples=2)
+    domain.policy.guidance_scale, domain.policy.uncond = 2.0, lambda c: dict(c)
+    algo = CTRL(domain, gamma=5.0, batch_size=4)
+    for table in domain.denoiser.label_bias:
+        table.data.normal_()
+    y = torch.tensor([0, 3, 7, 9])
+    cond = algo.make_cond(y, torch.Generator().manual_seed(0))
+    un = domain.policy.uncond(cond)
+    assert un["y"].tolist() == [10] * 4 and torch.equal(cond["y"], y)  # the conditional branch keeps its labels
+    assert torch.equal(un["class_emb"], algo.embedding(torch.full((4,), 10)))
+    soft = domain.policy.uncond({**cond, "y": torch.nn.functional.one_hot(y, 10).float()})
+    assert torch.equal(soft["y"], torch.zeros(4, 10))
+    x, t = torch.randn(4, 1, 16, 16), torch.tensor([5, 300, 700, 999])
+    with torch.no_grad():  # the null label adds no bias: the same output as without any label
+        assert torch.equal(domain.denoiser(x, t, un), domain.denoiser(x, t, {"class_emb": un["class_emb"]}))
+        assert torch.equal(domain.denoiser(x, t, soft), domain.denoiser(x, t, {"class_emb": un["class_emb"]}))
