@@ -28,7 +28,11 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_DENOISER = WEIGHTS_DIR / "denoiser.safetensors"
 DEFAULT_CLASSIFIER = WEIGHTS_DIR / "classifier.safetensors"
 DEFAULT_ORACLE = WEIGHTS_DIR / "oracle.safetensors"
-DEFAULT_BASELINE = WEIGHTS_DIR / "pretrained_samples.txt.gz"
+
+
+def default_baseline(num_steps: int) -> Path:
+    """The shipped pre-trained samples drawn with `num_steps` sampling steps (T = 10 and 50 are shipped)."""
+    return WEIGHTS_DIR / f"pretrained_samples_T{num_steps}.txt.gz"
 
 
 class CellTypeReward(nn.Module):
@@ -261,7 +265,7 @@ def build(
     lora_alpha: float = 16.0,
     reward: str = "log_prob",
     target: str | None = None,
-    baseline_samples: str | None = str(DEFAULT_BASELINE),
+    baseline_samples: str | None = "auto",
     eval_real_per_class: int = 2000,
     elbo_samples: int = 8,
     gradient_checkpointing: bool = False,
@@ -280,8 +284,10 @@ def build(
         reward: "log_prob" (log p(y | x)) or "specificity" (log p(y|x) - max off-target).
         target: a fixed cell line for single-target rewards (DDPO, reward backprop); null = the
             algorithm supplies `y`.
-        baseline_samples: pre-trained samples (gzipped text) for motif enrichment; null = draw
-            512 at the first evaluation.
+        baseline_samples: pre-trained samples (gzipped text, one sequence per line) that motif
+            enrichment and the samples' ELBO are compared with. "auto" = the shipped
+            `weights/pretrained_samples_T<num_steps>.txt.gz`, drawn with this domain's T (T = 10 and
+            50 are shipped), else 512 drawn at the first evaluation; null = always draw them.
         eval_real_per_class: real sequences per cell line for the k-mer correlation.
         elbo_samples: Monte Carlo times per sequence for the ELBO.
         gradient_checkpointing: recompute denoiser activations in backward.
@@ -299,7 +305,15 @@ def build(
     if not isinstance(clf, GReLUClassifier):
         raise TypeError(f"{classifier}: a regression model, but the CTRL classifier must be a classifier")
     orc = load_grelu(oracle) if oracle else None
-    base = read_baseline(baseline_samples) if baseline_samples and Path(baseline_samples).is_file() else None
+    if baseline_samples == "auto":
+        shipped = default_baseline(num_steps)
+        base = read_baseline(shipped) if shipped.is_file() else None
+    elif baseline_samples:
+        if not Path(baseline_samples).is_file():
+            raise FileNotFoundError(f"baseline_samples: no file {baseline_samples} (use 'auto' or null to draw them)")
+        base = read_baseline(baseline_samples)
+    else:
+        base = None
     return DNADomain(load_denoiser(denoiser), clf, orc, num_steps=num_steps, lora_rank=lora_rank,
                      lora_alpha=lora_alpha, reward_kind=reward, target=target, baseline_tokens=base,
                      eval_real_per_class=eval_real_per_class, elbo_samples=elbo_samples,
@@ -307,4 +321,5 @@ def build(
                      label_embedding_scale=label_embedding_scale)
 
 
-__all__ = ["CELL_LINES", "CellTypeReward", "DNADomain", "LabelConditioned", "build", "read_baseline"]
+__all__ = ["CELL_LINES", "CellTypeReward", "DNADomain", "LabelConditioned", "build", "default_baseline",
+           "read_baseline"]

@@ -1,9 +1,11 @@
 """Sample the shipped pre-trained DNA model and measure it; writes the baseline samples.
 
     .venv/bin/python scripts/dna/report_pretrained.py [--num 512] [--steps 50] [--threads 1]
+    .venv/bin/python scripts/dna/report_pretrained.py --steps 10     # the recipes' T
 
-Writes domains/dna/weights/pretrained_samples.txt.gz (the baseline that motif enrichment is
-measured against) and domains/dna/weights/pretrained_report.json with:
+Writes domains/dna/weights/pretrained_samples_T<steps>.txt.gz (the baseline that motif enrichment
+and the samples' ELBO are measured against: `domains.dna.build` picks the file drawn with its own
+number of sampling steps T) and domains/dna/weights/pretrained_report_T<steps>.json with:
 held-out (chr2) ELBO per sequence and per base, the ELBO of the model's own samples, 3-mer and
 6-mer correlation of its samples with the training data, the oracle's class distribution over
 its samples, and each cell line's known-motif hits per sequence in samples and in real data.
@@ -89,9 +91,14 @@ def main(argv: list[str] | None = None) -> dict:
         rows = (real.labels == k).numpy()
         rep[f"motif_hits_{c}_real_{c}"] = float(sum(real_counts[t][rows] for t in tfs).mean())
         rep[f"motif_hits_{c}_real_others"] = float(sum(real_counts[t][~rows] for t in tfs).mean())
-    with gzip.GzipFile(args.weights / "pretrained_samples.txt.gz", "wb", mtime=0) as fh:
+    samples_path = args.weights / f"pretrained_samples_T{args.steps}.txt.gz"
+    tmp = samples_path.with_suffix(".tmp")
+    with gzip.GzipFile(tmp, "wb", mtime=0) as fh:
         fh.write(("\n".join(seqs) + "\n").encode())
-    (args.weights / "pretrained_report.json").write_text(json.dumps(rep, indent=2) + "\n")
+    tmp.replace(samples_path)
+    report_path = args.weights / f"pretrained_report_T{args.steps}.json"
+    report_path.with_suffix(".tmp").write_text(json.dumps(rep, indent=2) + "\n")
+    report_path.with_suffix(".tmp").replace(report_path)
     print(json.dumps(rep, indent=2))
     return rep
 

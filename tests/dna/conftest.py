@@ -63,9 +63,9 @@ def build_tiny(tmp_path, tiny_denoiser, tiny_classifier):
     def build(**kw):
         from domains.dna import build as build_domain
 
+        kw = {"baseline_samples": str(tmp_path / "base.txt.gz"), **kw}
         return build_domain(denoiser=str(tmp_path / "d.safetensors"), classifier=str(tmp_path / "c.safetensors"),
                             oracle=str(tmp_path / "c.safetensors"), num_steps=4, lora_rank=2,
-                            baseline_samples=str(tmp_path / "base.txt.gz"), eval_real_per_class=50,
-                            elbo_samples=2, **kw)
+                            eval_real_per_class=50, elbo_samples=2, **kw)
 
     return build

@@ -87,3 +87,27 @@ def test_shipped_weights_load():
     info_c, info_o = model_info(DEFAULT_CLASSIFIER), model_info(DEFAULT_ORACLE)
     assert not set(info_c["train_chromosomes"]) & set(info_o["train_chromosomes"])
     assert info_c["test_accuracy"] > 0.5 and info_o["test_accuracy"] > 0.5
+
+
+def test_baseline_samples_match_the_domains_T(build_tiny, tmp_path):
+    """Motif enrichment and the ELBO ratio compare with pre-trained samples drawn with the domain's own T:
+    "auto" picks the shipped file for that T (T = 10, the recipes', and 50), else draws them; a named
+    file that is missing is an error, not a silent redraw."""
+    from domains.dna.domain import default_baseline, read_baseline
+
+    for steps, n in ((10, 2048), (50, 512)):
+        tokens = read_baseline(default_baseline(steps))
+        assert tokens.shape == (n, 200) and int(tokens.max()) <= 3
+    assert not default_baseline(7).exists()
+    with pytest.raises(FileNotFoundError, match="baseline_samples: no file"):
+        build_tiny(baseline_samples=str(tmp_path / "missing.txt.gz"))
+    assert build_tiny(baseline_samples=None)._baseline is None  # drawn at the first evaluation
+
+
+def test_build_auto_baseline_uses_the_file_drawn_with_its_T():
+    from domains.dna import build
+    from domains.dna.domain import default_baseline, read_baseline
+
+    d10 = build(num_steps=10, oracle=None)
+    assert torch.equal(d10.baseline().tokens, read_baseline(default_baseline(10)))
+    assert build(num_steps=7, oracle=None)._baseline is None  # no file for T = 7: drawn at T = 7 when needed
