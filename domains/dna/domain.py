@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from domains.dna.data import CELL_LINES, SEQ_LEN, encode, load_dnase
+from domains.dna.data import CELL_LINES, SEQ_LEN, SequenceSet, encode, load_dnase
 from domains.dna.evaluate import CELL_TYPE_MOTIFS, evaluate_sequences
 from domains.dna.grelu_models import GReLUClassifier, load_grelu, specificity
 from domains.dna.model import VOCAB, DNADenoiser, load_denoiser, with_lora
@@ -132,7 +132,9 @@ class DNADomain:
                  reward_kind: str = "log_prob", target: str | None = None,
                  baseline_tokens: Tensor | None = None, eval_real_per_class: int = 2000,
                  elbo_samples: int = 8, gradient_checkpointing: bool = False,
-                 label_conditioning: bool = False, label_embedding_scale: float = 30.0) -> None:
+                 label_conditioning: bool = False, label_embedding_scale: float = 30.0,
+                 label_chroms: list[str] | None = None, label_budget: int | None = None,
+                 label_seed: int = 0) -> None:
         self.label_names = tuple(classifier.label_names)
         self.num_labels = len(self.label_names)
         if target is not None and target not in self.label_names:
@@ -160,6 +162,8 @@ class DNADomain:
         self.eval_real_per_class = eval_real_per_class
         self._baseline = _Baseline(baseline_tokens) if baseline_tokens is not None else None
         self._real: dict[int, Tensor] | None = None
+        self.label_chroms = None if label_chroms is None else list(label_chroms)
+        self.label_budget, self.label_seed = label_budget, label_seed
 
     # ------------------------------------------------------------------ RLDomain
     def sample_cond(self, num: int, generator: torch.Generator) -> dict[str, Any] | None:
@@ -182,12 +186,16 @@ class DNADomain:
         """Labelled DNase peaks of a chromosome split: (tokens [N, 200] long, labels [N] long).
 
         Rows are shuffled with a fixed seed, so `x[:n]` is a class-mixed subset (CFG's
-        `num_examples` label budget). Sequences with N are dropped.
+        `num_examples` label budget). Sequences with N are dropped. With `label_chroms` /
+        `label_budget` (train split only) the rows are `offline_labels(label_chroms, label_budget,
+        label_seed)`: only those chromosomes, a class-balanced subset of that many.
         """
-        data = load_dnase(split)
-        ok = [i for i, s in enumerate(data.sequences) if "N" not in s]
-        if len(ok) < len(data):
-            data = data.subset(ok)
+        if self.label_chroms is not None or self.label_budget is not None:
+            if split != "train":
+                raise ValueError(f"label_chroms / label_budget restrict the train split; got split={split!r}")
+            data = offline_labels(self.label_chroms, self.label_budget, self.label_seed)
+        else:
+            data = _without_n(load_dnase(split))
         perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
         return data.tokens()[perm], data.labels[perm].long()
 
@@ -248,6 +256,35 @@ class DNADomain:
         return self._real
 
 
+def _without_n(data: SequenceSet) -> SequenceSet:
+    ok = [i for i, s in enumerate(data.sequences) if "N" not in s]
+    return data.subset(ok) if len(ok) < len(data) else data
+
+
+def offline_labels(chroms: list[str] | tuple[str, ...] | None = None, budget: int | None = None,
+                   seed: int = 0) -> SequenceSet:
+    """Labelled (sequence, cell line) pairs for label-budget studies: the train split's peaks (never
+    chr1 / chr2), without sequences containing N, only on `chroms` (None = every training
+    chromosome; e.g. `grelu_models.CLASSIFIER_CHROMS`, the CTRL classifier's), and with `budget` a
+    class-balanced subset of that many (`domains.images.data.label_subset(labels, budget, seed)`:
+    equal shares per cell line +-1; for one seed a smaller budget's subset lies inside a larger one's).
+    Rows keep the file's order."""
+    data = _without_n(load_dnase("train"))
+    if chroms is not None:
+        bad = sorted(set(chroms) & {"chr1", "chr2"})
+        if bad:
+            raise ValueError(f"{bad} are the validation / test chromosomes, not training data")
+        keep = [i for i, c in enumerate(data.chrom) if c in set(chroms)]
+        if not keep:
+            raise ValueError(f"no training peaks on chromosomes {list(chroms)}")
+        data = data.subset(keep)
+    if budget is not None:
+        from domains.images.data import label_subset
+
+        data = data.subset(label_subset(data.labels, budget, seed))
+    return data
+
+
 def read_baseline(path: str | Path) -> Tensor:
     """Tokens [M, L] from a gzipped text file of sequences (one per line)."""
     path = Path(path)
@@ -272,6 +309,9 @@ def build(
     threads: int | None = None,
     label_conditioning: bool = False,
     label_embedding_scale: float = 30.0,
+    label_chroms: list[str] | None = None,
+    label_budget: int | None = None,
+    label_seed: int = 0,
 ) -> DNADomain:
     """Build the DNA domain from saved weights (recipe entry: `_component_: domains.dna.build`).
 
@@ -298,6 +338,9 @@ def build(
         label_embedding_scale: the y-embedding enters as scale * weight, so under Adam (one
             learning rate for all trainable parameters in DDPO / reward backprop) it moves
             `scale` times faster than the LoRA weights (CTRL's recipe: embedding lr 0.3 vs LoRA 1e-2).
+        label_chroms, label_budget, label_seed: restrict `offline_data` (CFG's labelled data) to
+            `offline_labels(label_chroms, label_budget, label_seed)`: only these training
+            chromosomes, a class-balanced subset of `label_budget` pairs (null = all of them).
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -318,8 +361,9 @@ def build(
                      lora_alpha=lora_alpha, reward_kind=reward, target=target, baseline_tokens=base,
                      eval_real_per_class=eval_real_per_class, elbo_samples=elbo_samples,
                      gradient_checkpointing=gradient_checkpointing, label_conditioning=label_conditioning,
-                     label_embedding_scale=label_embedding_scale)
+                     label_embedding_scale=label_embedding_scale, label_chroms=label_chroms,
+                     label_budget=label_budget, label_seed=label_seed)
 
 
 __all__ = ["CELL_LINES", "CellTypeReward", "DNADomain", "LabelConditioned", "build", "default_baseline",
-           "read_baseline"]
+           "offline_labels", "read_baseline"]
