@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
         rep[f"motif_hits_{c}_real_others"] = float(sum(real_counts[t][~rows] for t in tfs).mean())
     samples_path = args.weights / f"pretrained_samples_T{args.steps}.txt.gz"
     tmp = samples_path.with_suffix(".tmp")
-    with gzip.GzipFile(tmp, "wb", mtime=0) as fh:
-        fh.write(("\n".join(seqs) + "\n").encode())
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
+        fh.write(("\n".join(seqs) + "\n").encode())  # no name or time in the header: reproducible bytes
     tmp.replace(samples_path)
     report_path = args.weights / f"pretrained_report_T{args.steps}.json"
     report_path.with_suffix(".tmp").write_text(json.dumps(rep, indent=2) + "\n")
