@@ -135,7 +135,23 @@ def run_recipe(method: str, args: argparse.Namespace, run_dir: Path) -> None:
         raise SystemExit(f"[{method}] rldiff exited with status {rc}; rerun this script to resume it")
 
 
-def run_pretrained(args: argparse.Namespace, run_dir: Path) -> None:
+def rescore(method: str, args: argparse.Namespace, run_dir: Path) -> None:
+    """Evaluate a finished run again (`rldiff eval`: the final checkpoint draws the same samples as the
+    run's own evaluation) with the current evaluation code and baseline; its time record is kept."""
+    from accelerate.state import AcceleratorState
+
+    from rldiff.cli import main as rldiff_main
+
+    print(f"[{method}] rescoring {run_dir}", flush=True)
+    if method == "pretrained":
+        run_pretrained(args, run_dir, record_time=False)
+        return
+    AcceleratorState._reset_state(reset_partial_state=True)
+    if rldiff_main(["eval", str(run_dir)]) != 0:
+        raise SystemExit(f"[{method}] rldiff eval {run_dir} failed; its previous eval.json is untouched")
+
+
+def run_pretrained(args: argparse.Namespace, run_dir: Path, record_time: bool = True) -> None:
     """Sample the shipped model (T = 10 like the recipes) and evaluate, labelled evenly over the cell lines."""
     import torch
 
@@ -153,7 +169,8 @@ def run_pretrained(args: argparse.Namespace, run_dir: Path) -> None:
     metrics = {k: float(v) for k, v in domain.evaluate({"x0": tokens, "y": y}, out_dir).items()}
     (run_dir / "eval.json").write_text(json.dumps(
         {"step": 0, "num_samples": n, "metrics": metrics, "out_dir": "eval/step_000000"}, indent=2) + "\n")
-    _add_wall(run_dir, time.time() - t0, time.process_time() - c0)
+    if record_time:
+        _add_wall(run_dir, time.time() - t0, time.process_time() - c0)
 
 
 def _rel(path: Path) -> str:
@@ -197,8 +214,9 @@ sequences per cell line (256 in all, seed 0, T = 10 sampler steps) and is scored
 chromosomes disjoint from the classifier's, never optimised against) calls the requested cell
 line; **3-mer r** = Pearson r of 3-mer frequencies with real training sequences of that cell line
 (low = unnatural sequences); **motif enrichment** = known-motif FIMO hits per sequence relative to
-the pre-trained model's samples; **ELBO ratio** = ELBO under the pre-trained model relative to its
-own samples (1 = as likely; > 1 = less likely); **unique** = fraction of distinct sequences;
+the pre-trained model's own samples drawn with the same T = 10 (2,048 of them,
+`domains/dna/weights/pretrained_samples_T10.txt.gz`); **ELBO ratio** = ELBO under the pre-trained
+model relative to those samples (1 = as likely; > 1 = less likely); **unique** = fraction of distinct sequences;
 **Hamming** = mean pairwise Hamming distance (of 200); **wall (CPU)** = wall-clock minutes of the
 run on one torch thread, training + final evaluation (in brackets: the CPU minutes of the process,
 less sensitive to other jobs sharing the 2 cores). SVDD has no training: its time is sampling the
@@ -223,6 +241,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--only", default=None, help="comma-separated methods to run (others: reused if done)")
     ap.add_argument("--reuse", action="append", default=[], metavar="METHOD=RUN_DIR",
                     help="take METHOD's eval.json from an existing run directory")
+    ap.add_argument("--rescore", default=None, metavar="METHODS",
+                    help="comma-separated methods (or 'all') whose finished runs are evaluated again from their "
+                         "final checkpoint -- the same samples, scored by the current evaluation (e.g. after a "
+                         "baseline change); their time records are kept")
     ap.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     ap.add_argument("--eval-samples", type=int, default=None, help="samples per method (default 256; quick 8)")
     ap.add_argument("--docs", type=Path, default=REPO / "docs" / "results.md", help="Markdown file to update")
@@ -244,6 +266,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     only = set(METHODS) if args.only is None else {m.strip() for m in args.only.split(",") if m.strip()}
     if unknown := only - set(METHODS):
         ap.error(f"--only: unknown method(s) {sorted(unknown)}; valid: {', '.join(METHODS)}")
+    rescoring = set() if args.rescore is None else (
+        set(METHODS) if args.rescore.strip() == "all" else {m.strip() for m in args.rescore.split(",") if m.strip()})
+    if unknown := rescoring - set(METHODS):
+        ap.error(f"--rescore: unknown method(s) {sorted(unknown)}; valid: {', '.join(METHODS)}")
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     import torch
 
@@ -259,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 run_pretrained(args, run_dir)
             else:
                 run_recipe(method, args, run_dir)
+        elif method in rescoring and (run_dir / "eval.json").exists():
+            rescore(method, args, run_dir)
         if (run_dir / "eval.json").exists():
             ev = json.loads((run_dir / "eval.json").read_text())
             wall, cpu = wall_seconds(run_dir)
