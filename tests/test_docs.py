@@ -19,7 +19,7 @@ def code_blocks(path: Path, lang: str) -> list[str]:
 def test_custom_reward_python_api() -> None:
     blocks = code_blocks(REPO / "docs" / "custom_rewards.md", "python")
     namespace: dict = {}
-    exec(compile(blocks[0], "docs/custom_rewards.md", "exec"), namespace)  # asserts the reward rose
+    exec(compile(blocks[0], "docs/custom_rewards.md", "exec"), namespace)  # noqa: S102 -- the doc's own code
     assert namespace["after"] > namespace["before"] + 0.5
 
 
@@ -31,7 +31,7 @@ def test_custom_reward_recipe(tmp_path: Path) -> None:
     command = code_blocks(doc, "bash")[0].split()
     assert command[:2] == ["rldiff", "run"]
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "rldiff.cli", *command[1:], "output_dir=run"], cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-m", "rldiff.cli", *command[1:], "output_dir=run"], check=False, cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rewards = [json.loads(line)["reward"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

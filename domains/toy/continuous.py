@@ -187,10 +187,10 @@ class LinearClassifier(nn.Module):
 
 PRESETS = {
     # three modes on a line; labels "left" / "right"
-    1: dict(means=[[-2.0], [0.0], [2.0]], stds=[0.7, 0.7, 0.7], weights=[0.3, 0.4, 0.3], cls_w=[[-2.0], [2.0]], cls_b=[0.0, 0.0]),
+    1: {"means": [[-2.0], [0.0], [2.0]], "stds": [0.7, 0.7, 0.7], "weights": [0.3, 0.4, 0.3], "cls_w": [[-2.0], [2.0]], "cls_b": [0.0, 0.0]},
     # four modes on a square; labels by quadrant half-planes
-    2: dict(means=[[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0]], stds=[0.8, 0.8, 0.8, 0.8], weights=[0.1, 0.2, 0.3, 0.4],
-            cls_w=[[-1.0, -1.0], [1.0, 1.0]], cls_b=[0.0, 0.0]),
+    2: {"means": [[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0]], "stds": [0.8, 0.8, 0.8, 0.8], "weights": [0.1, 0.2, 0.3, 0.4],
+            "cls_w": [[-1.0, -1.0], [1.0, 1.0]], "cls_b": [0.0, 0.0]},
 }
 
 
@@ -346,7 +346,7 @@ class ContinuousToy:
             ax.plot(pts[:, 0].numpy(), (w / h).numpy(), "k-", label="exact target")
             ax.legend()
         else:
-            g = int(round(math.sqrt(len(pts))))
+            g = round(math.sqrt(len(pts)))
             ax.contour(pts[:, 0].view(g, g).numpy(), pts[:, 1].view(g, g).numpy(), w.view(g, g).numpy(), levels=6, colors="k")
             ax.scatter(xs[:, 0].numpy(), xs[:, 1].numpy(), s=2, alpha=0.3)
         ax.set_title(f"y = {label}, gamma = {gamma:g}")

@@ -31,7 +31,7 @@ class FitResult:
 def split_indices(n: int, val_fraction: float = 0.2, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """A random (train, val) split of range(n), default 80/20."""
     perm = torch.randperm(n, generator=generator)
-    n_val = max(1, int(round(n * val_fraction)))
+    n_val = max(1, round(n * val_fraction))
     return perm[n_val:], perm[:n_val]
 
 

@@ -129,13 +129,13 @@ class GaussianPolicy:
         self.sigma = sigma.float()  # [T]
         # per-step coefficients, computed in float64 (1 - a_p - sigma^2 cancels badly in float32)
         alpha = a_t / a_p
-        self._c_x0 = dict(  # x0_hat = c_xt * x_t - c_eps * eps
-            c_xt=(1 / a_t.sqrt()).float(), c_eps=((1 - a_t) / a_t).sqrt().float())
+        self._c_x0 = {  # x0_hat = c_xt * x_t - c_eps * eps
+            "c_xt": (1 / a_t.sqrt()).float(), "c_eps": ((1 - a_t) / a_t).sqrt().float()}
         if kind == "ddpm":  # mean = m_x0 * x0_hat + m_xt * x_t
-            self._c_mean = dict(m_x0=(a_p.sqrt() * (1 - alpha) / (1 - a_t)).float(),
-                                m_xt=(alpha.sqrt() * (1 - a_p) / (1 - a_t)).float())
+            self._c_mean = {"m_x0": (a_p.sqrt() * (1 - alpha) / (1 - a_t)).float(),
+                                "m_xt": (alpha.sqrt() * (1 - a_p) / (1 - a_t)).float()}
         else:  # mean = m_x0 * x0_hat + m_eps * eps
-            self._c_mean = dict(m_x0=a_p.sqrt().float(), m_eps=(1 - a_p - sigma**2).clamp(min=0).sqrt().float())
+            self._c_mean = {"m_x0": a_p.sqrt().float(), "m_eps": (1 - a_p - sigma**2).clamp(min=0).sqrt().float()}
 
     @classmethod
     def from_scheduler(cls, denoiser: Denoiser, scheduler: Any, num_steps: int, **kwargs: Any) -> GaussianPolicy:
