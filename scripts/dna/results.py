@@ -94,8 +94,10 @@ def _overrides(method: str, args: argparse.Namespace, run_dir: Path) -> list[str
 def _add_wall(run_dir: Path, seconds: float, cpu_seconds: float) -> None:
     f = run_dir / WALL_FILE
     old = json.loads(f.read_text()) if f.exists() else {"seconds": 0.0, "cpu_seconds": 0.0, "invocations": 0}
-    f.write_text(json.dumps({"seconds": old["seconds"] + seconds, "cpu_seconds": old["cpu_seconds"] + cpu_seconds,
-                             "invocations": old["invocations"] + 1}) + "\n")
+    new = {"seconds": old["seconds"] + seconds, "invocations": old["invocations"] + 1}
+    if "cpu_seconds" in old:  # unknown for a wall time taken from the files' times (see `rescore`)
+        new["cpu_seconds"] = old["cpu_seconds"] + cpu_seconds
+    f.write_text(json.dumps(new) + "\n")
 
 
 def wall_seconds(run_dir: Path) -> tuple[float | None, float | None]:
@@ -143,6 +145,11 @@ def rescore(method: str, args: argparse.Namespace, run_dir: Path) -> None:
     from rldiff.cli import main as rldiff_main
 
     print(f"[{method}] rescoring {run_dir}", flush=True)
+    wall_file = run_dir / WALL_FILE
+    if not wall_file.exists():  # its wall time came from the files' times, which a new eval.json would change
+        wall, _ = wall_seconds(run_dir)
+        if wall is not None:
+            wall_file.write_text(json.dumps({"seconds": wall, "invocations": 1}) + "\n")
     if method == "pretrained":
         run_pretrained(args, run_dir, record_time=False)
         return
