@@ -1,10 +1,13 @@
 """What would the exact CTRL target achieve with the shipped classifier? An importance-weighting check.
 
     .venv/bin/python scripts/dna/tilt_analysis.py [--gammas 1 2 5 10 20 50] [--split validation]
+    .venv/bin/python scripts/dna/tilt_analysis.py --pool pretrained    # the model's own T = 10 samples
 
 CTRL's target for cell line y is p(x | y) proportional to p_pre(x) p(y | x)^gamma. Taking real
 held-out sequences (chr1 by default, seen by neither gReLU model) as a stand-in for samples of
-p_pre, the target is approximated by weighting each sequence with w_k(x) proportional to
+p_pre (or, with `--pool pretrained`, the 2,048 shipped samples of p_pre itself drawn with the
+recipes' T = 10, which makes the weighting a plain self-normalised importance-sampling estimate of
+the target), the target is approximated by weighting each sequence with w_k(x) proportional to
 p_classifier(k | x)^gamma (self-normalised importance sampling). For each gamma and cell line k this
 prints the held-out oracle's accuracy, the 3-mer Pearson correlation with real training sequences of
 k, the effective sample size of the weights, the target's KL to p_pre (nats, against the
@@ -20,7 +23,7 @@ import json
 import torch
 
 from domains.dna.data import CELL_LINES, load_dnase
-from domains.dna.domain import DEFAULT_CLASSIFIER, DEFAULT_ORACLE
+from domains.dna.domain import DEFAULT_CLASSIFIER, DEFAULT_ORACLE, default_baseline, read_baseline
 from domains.dna.grelu_models import load_grelu, predict
 from domains.dna.kmers import kmer_frequencies
 
@@ -34,13 +37,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gammas", type=float, nargs="+", default=[1, 2, 5, 10, 20, 50])
     ap.add_argument("--split", default="validation", choices=["validation", "test"])
+    ap.add_argument("--pool", default="real", choices=["real", "pretrained"],
+                    help="real held-out sequences of --split, or the shipped T = 10 pre-trained samples")
     ap.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
     ap.add_argument("--oracle", default=str(DEFAULT_ORACLE))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     parts = load_dnase().split()
-    pool = parts[args.split].tokens()  # [N, L]
+    if args.pool == "real":
+        pool = parts[args.split].tokens()  # [N, L]
+    else:
+        pool = read_baseline(default_baseline(10))
     train = parts["train"]
     real = {k: train.subset((train.labels == k).nonzero().flatten()[:2000]).tokens() for k in range(4)}
     lp_clf = torch.log_softmax(predict(load_grelu(args.classifier), pool), -1)  # [N, 4]
