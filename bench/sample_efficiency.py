@@ -608,6 +608,34 @@ def _dna_method(method: str, budget: str, s: dict[str, Any], root: Path) -> dict
             "config": config.model_dump(mode="json")}
 
 
+def nearest_label_distance(samples: torch.Tensor, labelled: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Hamming distance [N] from each sample (tokens [N, L]) to its nearest labelled sequence (tokens
+    [M, L]): small = a copy of a training sequence (random pairs of peaks differ at ~150 of 200)."""
+    best = torch.full((len(samples),), samples.shape[1], dtype=torch.long)
+    for i in range(0, len(labelled), chunk):
+        d = (samples[:, None, :] != labelled[None, i : i + chunk, :]).sum(-1)
+        best = torch.minimum(best, d.min(1).values)
+    return best
+
+
+def _add_copy_check(results: list[dict[str, Any]], root: Path, s: dict[str, Any]) -> None:
+    """Each variant's nearest-labelled-sequence Hamming distance (median, min), from its samples.fasta."""
+    from domains.dna.data import load_fasta
+    from domains.dna.domain import offline_labels
+
+    for r in results:
+        labelled = None
+        for name, v in r["variants"].items():
+            fasta = root / f"n{r['budget']}" / r["method"] / f"eval_{name}" / "samples.fasta"
+            if "nearest_label_hamming_median" in v or not fasta.is_file():
+                continue
+            if labelled is None:
+                labelled = offline_labels(s["chroms"], None if r["budget"] == "all" else int(r["budget"]),
+                                          s["label_seed"]).tokens()
+            d = nearest_label_distance(load_fasta(fasta).tokens(), labelled).float()
+            v["nearest_label_hamming_median"], v["nearest_label_hamming_min"] = float(d.median()), float(d.min())
+
+
 def _acc_se(v: dict[str, Any]) -> float:
     """Standard error of the mean over cell lines of the oracle accuracies (binomial per cell line)."""
     per_cell = v["num_samples"] / len(DNA_CELLS)
@@ -617,8 +645,8 @@ def _acc_se(v: dict[str, Any]) -> float:
 
 def dna_tables(results: list[dict[str, Any]], budgets: list[str], methods: list[str], s: dict[str, Any]) -> str:
     by = {(r["method"], r["budget"]): r for r in results}
-    ns = {b: (by.get(("ctrl", b)) or by.get(("cfg", b)) or {}).get("num_labels") for b in budgets}
-    bl = {b: (f"{ns[b]:,}" if ns[b] else b) + (" (all)" if b == "all" else "") for b in budgets}
+    ns = {b: _dna_n(b, s) for b in budgets}
+    bl = {b: f"{ns[b]:,}" + (" (all)" if b == "all" else "") for b in budgets}
     rows = []
     if "ctrl" in methods:
         a = s["ctrl"]["algorithm"]
@@ -642,14 +670,15 @@ def dna_tables(results: list[dict[str, Any]], budgets: list[str], methods: list[
         cells = []
         for b in budgets:
             x = get(m, b, v)
-            cells.append(f"{x[1]['oracle_acc_mean']:.3f} +- {_acc_se(x[1]):.3f} ({x[1]['oracle_acc_min']:.2f})"
-                         if x else "not run")
+            cells.append(f"{x[1]['oracle_acc_mean']:.3f} +- {_acc_se(x[1]):.3f} ({x[1]['oracle_acc_min']:.2f}; "
+                         f"r {x[1].get('kmer3_corr_mean', float('nan')):.2f})" if x else "not run")
         summary.append([lab, *cells])
     if "cfg" in methods:
         cells = []
         for b in budgets:
             bc = best_cfg(b)
-            cells.append(f"{bc[1]['oracle_acc_mean']:.3f} +- {_acc_se(bc[1]):.3f} (w = {bc[0]})" if bc else "not run")
+            cells.append(f"{bc[1]['oracle_acc_mean']:.3f} +- {_acc_se(bc[1]):.3f} (w = {bc[0]}; "
+                         f"r {bc[1].get('kmer3_corr_mean', float('nan')):.2f})" if bc else "not run")
         summary.append(["CFG, best w per budget (chosen on the oracle)", *cells])
     acc = C.table(["method", *[f"{bl[b]} labels" for b in budgets]], summary)
 
@@ -658,7 +687,7 @@ def dna_tables(results: list[dict[str, Any]], budgets: list[str], methods: list[
         for lab, m, v in rows:
             x = get(m, b, v)
             if x is None:
-                detail.append([bl[b], lab, *["not run"] * 8])
+                detail.append([bl[b], lab, *["not run"] * 9])
                 continue
             r, q = x
             star = "*" if r.get("resumed_from_step") else ""
@@ -669,11 +698,13 @@ def dna_tables(results: list[dict[str, Any]], budgets: list[str], methods: list[
                            (f"{q.get('motif_enrichment_mean', float('nan')):.2f} / "
                            f"{q.get('motif_enrichment_min', float('nan')):.2f}"),
                            f"{q.get('elbo_ratio', float('nan')):.3f}", f"{q.get('unique_fraction', float('nan')):.2f}",
+                           (f"{q['nearest_label_hamming_median']:.0f} / {q['nearest_label_hamming_min']:.0f}"
+                            if "nearest_label_hamming_median" in q else "n/a"),
                            (f"{r['train_cpu_s'] / 60:.1f} + {q['sample_cpu_s'] / 60:.2f} "
                            f"({(r['train_wall_s'] + q['sample_wall_s']) / 60:.0f}){star}")])
     det = C.table(["labels", "method", "oracle acc. GM12878 / hESC / K562 / HepG2", "mean / min",
                    "classifier acc. (its own)", "3-mer r mean / min", "motif enr. mean / min", "ELBO ratio",
-                   "unique", "CPU min train + sample (wall)"], detail)
+                   "unique", "nearest labelled seq. (Hamming median / min)", "CPU min train + sample (wall)"], detail)
     clf_rows = []
     for b in budgets:
         r = by.get(("ctrl", b))
@@ -691,11 +722,14 @@ def dna_tables(results: list[dict[str, Any]], budgets: list[str], methods: list[
                    "temperature"], clf_rows)
     n = s["eval_samples"]
     parts = [(f"Held-out oracle accuracy (mean over the 4 cell lines +- its standard error, binomial per cell "
-             f"line, {n // 4} samples each; in parentheses the worst cell line):"), "", acc, "",
+             f"line, {n // 4} samples each; in parentheses the worst cell line and the mean 3-mer Pearson r with real "
+              "peaks of the requested cell line, low = unnatural sequences):"), "", acc, "",
              ("Every run in full (oracle accuracy per cell line; `classifier acc.` is the run's own classifier: "
               "for CTRL the budget's classifier it was trained against, for CFG the shipped one; 3-mer Pearson r "
               "with real peaks of the requested cell line; known-motif enrichment over pre-trained samples; ELBO "
-              "ratio to the pre-trained model's own samples; fraction of unique sequences; CPU minutes of "
+              "ratio to the pre-trained model's own samples; fraction of unique sequences; Hamming distance "
+              "(of 200) from each sample to the nearest of the budget's labelled sequences, small = copied; "
+              "CPU minutes of "
               "training + sampling the 256 on one torch thread, wall minutes of both in parentheses, `*` = "
               "resumed, the training time then covers only the resumed part):"), "", det, "",
              "The CTRL classifier of each budget:", "", clf, "", _dna_verdict(by, budgets, s, ns)]
@@ -703,7 +737,7 @@ def dna_tables(results: list[dict[str, Any]], budgets: list[str], methods: list[
 
 
 def _dna_verdict(by: dict[tuple[str, str], dict[str, Any]], budgets: list[str], s: dict[str, Any],
-                 ns: dict[str, int | None]) -> str:
+                 ns: dict[str, int]) -> str:
     def ctrl(b: str) -> dict[str, Any] | None:
         r = by.get(("ctrl", b))
         return r["variants"]["default"] if r else None
@@ -724,17 +758,27 @@ def _dna_verdict(by: dict[tuple[str, str], dict[str, Any]], budgets: list[str], 
     for b in budgets:
         c, g = ctrl(b), cfg(b)
         if c is None or g is None:
-            lines.append(f"- {b} labels: " + ("CTRL" if c is None else "CFG") + " not run, no comparison.")
+            lines.append(f"- {ns[b]:,} labels: " + ("CTRL" if c is None else "CFG") + " not run, no comparison.")
             continue
-        lines.append(f"- {ns[b]:,} labels: CTRL {c['oracle_acc_mean']:.3f} vs CFG at its best w ({g[0]}) "
-                     f"{g[1]['oracle_acc_mean']:.3f}: {compare(c, g[1])}.")
+        line = (f"- {ns[b]:,} labels: CTRL {c['oracle_acc_mean']:.3f} (3-mer r {c['kmer3_corr_mean']:.2f}) vs "
+                f"CFG at its best w ({g[0]}) {g[1]['oracle_acc_mean']:.3f} (3-mer r "
+                f"{g[1]['kmer3_corr_mean']:.2f}): {compare(c, g[1])}")
+        variants = by[("cfg", b)]["variants"]
+        natural = [k for k, v in variants.items() if v["kmer3_corr_mean"] >= c["kmer3_corr_mean"]]
+        if natural:  # CFG's best among the w whose samples are at least as natural (3-mer r) as CTRL's
+            k = max(natural, key=lambda k: variants[k]["oracle_acc_mean"])
+            line += (f"; against CFG's best w with 3-mer r >= CTRL's (w = {k}, {variants[k]['oracle_acc_mean']:.3f}, "
+                     f"r {variants[k]['kmer3_corr_mean']:.2f}): {compare(c, variants[k])}")
+        else:
+            line += "; no CFG w reaches CTRL's 3-mer r"
+        lines.append(line + ".")
     have_c = [b for b in budgets if ctrl(b) is not None]
     have_g = [b for b in budgets if cfg(b) is not None]
     head = ("Label efficiency, measured (mean held-out oracle accuracy; +- = 2 standard errors of the "
             "difference; CFG's w is picked per budget by the oracle, which favours CFG):")
     if not have_c or not have_g:
         return "\n".join([head, "", *lines])
-    fewest = min(have_c, key=lambda b: ns[b] or 0)
+    fewest = min(have_c, key=lambda b: ns[b])
     top = max(have_g, key=lambda b: cfg(b)[1]["oracle_acc_mean"])
     claim = (f"CTRL with {ns[fewest]:,} labels ({ctrl(fewest)['oracle_acc_mean']:.3f}) against CFG's best result "
              f"at any budget ({cfg(top)[1]['oracle_acc_mean']:.3f}, {ns[top]:,} labels, w = {cfg(top)[0]}): "
@@ -796,6 +840,7 @@ def dna_study(budgets: list[str] | None, methods: list[str] | None, out_dir: Pat
         ("No CTRL setting was tuned on the oracle. One seed per cell: the +- below are sampling standard "
          f"errors of the {s['eval_samples']} evaluated sequences, not the run-to-run spread of training."),
     ])
+    _add_copy_check(results, root, s)
     body = dna_tables(results, budgets, methods, s)
     return Study("dna", "DNA label budget: CTRL vs. CFG", intro, body, results, key="dna_label_budget")
 
@@ -817,6 +862,8 @@ def main(argv: list[str] | None = None) -> Study:
     ap.add_argument("--cached-only", action="store_true",
                     help="tabulate only the results already in --out-dir (compute nothing; missing = 'not run')")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--remark", help="a paragraph appended to the tables in the docs (e.g. how the runs were shared "
+                    "out, or a reading of the numbers)")
     ap.add_argument("--docs", type=Path, help=f"benchmarks file to update (default {C.DOCS.relative_to(C.REPO)}; "
                     "with --quick only when given)")
     ap.add_argument("--results-docs", type=Path, help="results file to update (default docs/results.md; with "
@@ -828,6 +875,8 @@ def main(argv: list[str] | None = None) -> Study:
     study = STUDIES[args.domain](args.budgets.split(",") if args.budgets else None,
                                  args.methods.split(",") if args.methods else None, out_dir, args.quick,
                                  args.cached_only)
+    if args.remark:
+        study.body += "\n\n" + textwrap.fill(args.remark, 100)
     print(f"\n{study.intro}\n\n{study.body}", flush=True)
     write = not args.no_docs and (not args.quick or args.docs or args.results_docs)
     if write:

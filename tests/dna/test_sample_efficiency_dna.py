@@ -78,8 +78,8 @@ def test_dna_study_quick(tmp_path, build_tiny, monkeypatch):
     other = "<!-- bench:results:dna -->\n## DNA\n\nthe DNA results\n<!-- /bench:results:dna -->\n"
     results_md.write_text(se.RESULTS_INTRO + other)
     out = tmp_path / "out"
-    argv = ["--domain", "dna", "--quick", "--out-dir", str(out), "--docs", str(bench_md),
-            "--results-docs", str(results_md)]
+    argv = ["--domain", "dna", "--quick", "--out-dir", str(out), "--remark", "A remark on the runs.",
+            "--docs", str(bench_md), "--results-docs", str(results_md)]
     start = time.process_time()
     study = se.main(argv)
     assert time.process_time() - start < 60
@@ -93,6 +93,8 @@ def test_dna_study_quick(tmp_path, build_tiny, monkeypatch):
                 assert 0 <= v[f"oracle_acc_{c}"] <= 1
             assert v["oracle_acc_min"] <= v["oracle_acc_mean"] <= 1 and np.isfinite(v["kmer3_corr_mean"])
     assert set(by["cfg", "20"]["variants"]) == {"1", "4"} and set(by["ctrl", "20"]["variants"]) == {"default"}
+    for v in by["cfg", "20"]["variants"].values():  # tiny models' samples: no copies of the 20 labelled peaks
+        assert 50 < v["nearest_label_hamming_min"] <= v["nearest_label_hamming_median"] <= 200
 
     # CTRL's classifier at 20 labels: trained once, on exactly the balanced 20 that CFG got
     sub = offline_labels(CLASSIFIER_CHROMS, 20)
@@ -112,7 +114,7 @@ def test_dna_study_quick(tmp_path, build_tiny, monkeypatch):
     res = results_md.read_text()
     assert other in res and "<!-- bench:results:dna_label_budget -->" in res  # the ## DNA section kept whole
     assert "## DNA label budget" in res and "| CFG (w = 4) |" in res and "Command:" in res
-    assert "--domain dna" in res
+    assert "--domain dna" in res and "A remark on the runs." in res
     text = bench_md.read_text()
     assert "digits table" in text and "<!-- bench:sample_efficiency_dna -->" in text
     assert text.index("/bench:sample_efficiency -->") < text.index("bench:sample_efficiency_dna") < text.index("## Ray")
@@ -125,3 +127,17 @@ def test_dna_study_quick(tmp_path, build_tiny, monkeypatch):
     part = se.main([*argv[:-4], "--no-docs", "--cached-only"])
     assert len(part.results) == 3 and "not run" in part.body
     assert json.loads((out / "dna" / "n20" / "ctrl.json").read_text())["num_labels"] == 20
+
+
+def test_nearest_label_distance_finds_copies():
+    sys.path.insert(0, str(BENCH))
+    from sample_efficiency import nearest_label_distance
+
+    g = torch.Generator().manual_seed(0)
+    labelled = torch.randint(0, 4, (5000, 200), generator=g)
+    samples = torch.randint(0, 4, (4, 200), generator=g)
+    samples[1] = labelled[4321]
+    samples[2] = labelled[17]
+    samples[2, :7] = (samples[2, :7] + 1) % 4  # 7 mutations
+    d = nearest_label_distance(samples, labelled, chunk=1000)
+    assert d[1] == 0 and d[2] == 7 and d[0] > 100 and d[3] > 100
