@@ -862,8 +862,8 @@ def main(argv: list[str] | None = None) -> Study:
     ap.add_argument("--cached-only", action="store_true",
                     help="tabulate only the results already in --out-dir (compute nothing; missing = 'not run')")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--remark", help="a paragraph appended to the tables in the docs (e.g. how the runs were shared "
-                    "out, or a reading of the numbers)")
+    ap.add_argument("--remark", help="text appended to the tables in the docs (e.g. how the runs were shared out, "
+                    "or a reading of the numbers); blank lines separate paragraphs")
     ap.add_argument("--docs", type=Path, help=f"benchmarks file to update (default {C.DOCS.relative_to(C.REPO)}; "
                     "with --quick only when given)")
     ap.add_argument("--results-docs", type=Path, help="results file to update (default docs/results.md; with "
@@ -876,7 +876,7 @@ def main(argv: list[str] | None = None) -> Study:
                                  args.methods.split(",") if args.methods else None, out_dir, args.quick,
                                  args.cached_only)
     if args.remark:
-        study.body += "\n\n" + textwrap.fill(args.remark, 100)
+        study.body += "\n\n" + "\n\n".join(textwrap.fill(par, 100) for par in args.remark.split("\n\n"))
     print(f"\n{study.intro}\n\n{study.body}", flush=True)
     write = not args.no_docs and (not args.quick or args.docs or args.results_docs)
     if write:
