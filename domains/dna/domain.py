@@ -20,7 +20,13 @@ from torch import Tensor, nn
 
 from domains.dna.data import CELL_LINES, SEQ_LEN, SequenceSet, encode, load_dnase
 from domains.dna.evaluate import CELL_TYPE_MOTIFS, evaluate_sequences
-from domains.dna.grelu_models import GReLUClassifier, load_grelu, specificity
+from domains.dna.grelu_models import (
+    CLASSIFIER_CHROMS,
+    ORACLE_CHROMS,
+    GReLUClassifier,
+    load_grelu,
+    specificity,
+)
 from domains.dna.model import VOCAB, DNADenoiser, load_denoiser, with_lora
 from rldiff.core.masked import MaskedPolicy
 
@@ -309,7 +315,7 @@ def build(
     threads: int | None = None,
     label_conditioning: bool = False,
     label_embedding_scale: float = 30.0,
-    label_chroms: list[str] | None = None,
+    label_chroms: list[str] | str | None = None,
     label_budget: int | None = None,
     label_seed: int = 0,
 ) -> DNADomain:
@@ -341,9 +347,16 @@ def build(
         label_chroms, label_budget, label_seed: restrict `offline_data` (CFG's labelled data) to
             `offline_labels(label_chroms, label_budget, label_seed)`: only these training
             chromosomes, a class-balanced subset of `label_budget` pairs (null = all of them).
+            label_chroms "classifier" / "oracle" = the CTRL classifier's / the oracle's training
+            chromosomes (`grelu_models.CLASSIFIER_CHROMS` / `ORACLE_CHROMS`).
     """
     if threads is not None:
         torch.set_num_threads(threads)
+    if isinstance(label_chroms, str):
+        named = {"classifier": CLASSIFIER_CHROMS, "oracle": ORACLE_CHROMS}
+        if label_chroms not in named:
+            raise ValueError(f"label_chroms: a list of chromosomes or one of {sorted(named)}, got {label_chroms!r}")
+        label_chroms = list(named[label_chroms])
     clf = load_grelu(classifier)
     if not isinstance(clf, GReLUClassifier):
         raise TypeError(f"{classifier}: a regression model, but the CTRL classifier must be a classifier")

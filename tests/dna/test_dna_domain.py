@@ -111,3 +111,16 @@ def test_build_auto_baseline_uses_the_file_drawn_with_its_T():
     d10 = build(num_steps=10, oracle=None)
     assert torch.equal(d10.baseline().tokens, read_baseline(default_baseline(10)))
     assert build(num_steps=7, oracle=None)._baseline is None  # no file for T = 7: drawn at T = 7 when needed
+
+
+def test_label_chroms_by_name(build_tiny):
+    """CFG's recipe names the classifier's chromosomes, so its labels never come from the oracle's."""
+    from domains.dna.domain import offline_labels
+    from domains.dna.grelu_models import CLASSIFIER_CHROMS, ORACLE_CHROMS
+
+    x, y = build_tiny(label_chroms="classifier").offline_data("train")
+    ref = offline_labels(CLASSIFIER_CHROMS)
+    assert len(x) == len(ref) and sorted(y.tolist()) == sorted(ref.labels.tolist())
+    assert not set(ref.chrom) & set(ORACLE_CHROMS)
+    with pytest.raises(ValueError, match="one of \\['classifier', 'oracle'\\]"):
+        build_tiny(label_chroms="nope")
