@@ -387,6 +387,16 @@ def _verdict(by: dict[tuple[str, str], dict[str, Any]], budgets: list[str], s: d
     return "\n".join([head, "", *lines, "", f"**{claim}.**"])
 
 
+def _check_choices(methods: list[str], valid: tuple[str, ...], budgets: list[str], lo: int, hi: int) -> None:
+    """Clear errors for an unknown method or a budget that is neither 'all' nor an integer in [lo, hi]."""
+    unknown = [m for m in methods if m not in valid]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(valid)}")
+    for b in budgets:
+        if b != "all" and not (b.isdigit() and lo <= int(b) <= hi):
+            raise ValueError(f"budget {b!r} must be 'all' or an integer in [{lo}, {hi}]")
+
+
 def digits_study(budgets: list[str] | None, methods: list[str] | None, out_dir: Path, quick: bool,
                  cached_only: bool = False) -> Study:
     """The digits study: every method x budget, cached per (budget, method); with `cached_only` only
@@ -394,12 +404,7 @@ def digits_study(budgets: list[str] | None, methods: list[str] | None, out_dir: 
     s = digits_settings(quick)
     budgets = budgets or s["budgets"]
     methods = methods or list(DIGITS_METHODS)
-    unknown = [m for m in methods if m not in DIGITS_METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(DIGITS_METHODS)}")
-    for b in budgets:
-        if b != "all" and not 10 <= int(b) <= DIGITS_ALL:
-            raise ValueError(f"budget {b!r} must be 'all' or an integer in [10, {DIGITS_ALL}]")
+    _check_choices(methods, DIGITS_METHODS, budgets, 10, DIGITS_ALL)
     root = out_dir / "digits"
     root.mkdir(parents=True, exist_ok=True)
     if not cached_only:
@@ -793,12 +798,7 @@ def dna_study(budgets: list[str] | None, methods: list[str] | None, out_dir: Pat
     s = dna_settings(quick)
     budgets = budgets or s["budgets"]
     methods = methods or list(DNA_METHODS)
-    unknown = [m for m in methods if m not in DNA_METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(DNA_METHODS)}")
-    for b in budgets:
-        if b != "all" and not (b.isdigit() and 8 <= int(b) <= _dna_n("all", s)):
-            raise ValueError(f"budget {b!r} must be 'all' or an integer in [8, {_dna_n('all', s)}]")
+    _check_choices(methods, DNA_METHODS, budgets, 8, _dna_n("all", s))
     root = out_dir / "dna"
     root.mkdir(parents=True, exist_ok=True)
     results = []
