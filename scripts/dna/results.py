@@ -231,8 +231,8 @@ less sensitive to other jobs sharing the 2 cores). SVDD has no training: its tim
 again, while a fine-tuned policy samples 256 sequences in well under a minute.
 
 The pre-trained row labels its unconditional samples 64 per cell line as if requested (chance
-level ~0.25). CFG fine-tunes the y-embedding and LoRA on all ~39k labelled training-chromosome
-peaks (MDLM loss, label dropout 0.1) and guides with w = 2; SVDD keeps, at each step, the best of
+level ~0.25). CFG fine-tunes the y-embedding and LoRA on all ~20k labelled peaks of the CTRL
+classifier's chromosomes, the labels that classifier was trained on (MDLM loss, label dropout 0.1) and guides with w = 2; SVDD keeps, at each step, the best of
 16 candidates by the classifier's log p(y | x0_hat); DDPO (PPO-clipped, no KL) and reward
 backprop (Gumbel-Rao through all steps, KL weight 0.1, reward scale 3) maximise the classifier's
 specificity log p(y|x) - max_{k != y} log p(k|x) with one y-conditioned policy
