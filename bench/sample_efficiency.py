@@ -387,6 +387,22 @@ def _verdict(by: dict[tuple[str, str], dict[str, Any]], budgets: list[str], s: d
     return "\n".join([head, "", *lines, "", f"**{claim}.**"])
 
 
+def _grid(domain: str, root: Path, budgets: list[str], methods: list[str], cached_only: bool,
+          compute: Callable[[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every (budget, method) result, cached at `root/n<budget>/<method>.json` (`compute(method, budget)`
+    when missing); with `cached_only` the missing ones are left out."""
+    results = []
+    for b in budgets:
+        for m in methods:
+            path = root / f"n{b}" / f"{m}.json"
+            if cached_only and not path.is_file():
+                print(f"\n=== {domain}, {b} labels, {m}: not cached, left out (--cached-only)", flush=True)
+                continue
+            print(f"\n=== {domain}, {b} labels, {m}", flush=True)
+            results.append(_cached(path, lambda m=m, b=b: compute(m, b)))
+    return results
+
+
 def _check_choices(methods: list[str], valid: tuple[str, ...], budgets: list[str], lo: int, hi: int) -> None:
     """Clear errors for an unknown method or a budget that is neither 'all' nor an integer in [lo, hi]."""
     unknown = [m for m in methods if m not in valid]
@@ -410,15 +426,7 @@ def digits_study(budgets: list[str] | None, methods: list[str] | None, out_dir: 
     if not cached_only:
         for b in budgets:  # every budget's reward classifier first (cached; ~10-20 s each)
             _digits_classifier(b, root, s)
-    results = []
-    for b in budgets:
-        for m in methods:
-            path = root / f"n{b}" / f"{m}.json"
-            if cached_only and not path.is_file():
-                print(f"\n=== digits, {b} labels, {m}: not cached, left out (--cached-only)", flush=True)
-                continue
-            print(f"\n=== digits, {b} labels, {m}", flush=True)
-            results.append(_cached(path, lambda m=m, b=b: _digits_method(m, b, s, root)))
+    results = _grid("digits", root, budgets, methods, cached_only, lambda m, b: _digits_method(m, b, s, root))
     d, c, f, g = s["domain"], s["ctrl"]["algorithm"], s["cfg"], s["cg"]
 
     def scales(m: str) -> str:
@@ -801,15 +809,7 @@ def dna_study(budgets: list[str] | None, methods: list[str] | None, out_dir: Pat
     _check_choices(methods, DNA_METHODS, budgets, 8, _dna_n("all", s))
     root = out_dir / "dna"
     root.mkdir(parents=True, exist_ok=True)
-    results = []
-    for b in budgets:
-        for m in methods:
-            path = root / f"n{b}" / f"{m}.json"
-            if cached_only and not path.is_file():
-                print(f"\n=== dna, {b} labels, {m}: not cached, left out (--cached-only)", flush=True)
-                continue
-            print(f"\n=== dna, {b} labels, {m}", flush=True)
-            results.append(_cached(path, lambda m=m, b=b: _dna_method(m, b, s, root)))
+    results = _grid("dna", root, budgets, methods, cached_only, lambda m, b: _dna_method(m, b, s, root))
     c, g = s["ctrl"], s["cfg"]
     ca, ga = c["algorithm"], g["algorithm"]
     intro = _paragraphs([
