@@ -50,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # sets sys.path and the offline flags
 import torch
 
+from domains.dna.data import CELL_LINES
+
 RESULTS_DOCS = C.REPO / "docs" / "results.md"
 RESULTS_INTRO = """# Results
 
@@ -463,7 +465,6 @@ def digits_study(budgets: list[str] | None, methods: list[str] | None, out_dir: 
 
 # ------------------------------------------------------------------------------------------ DNA
 DNA_METHODS = ("ctrl", "cfg")
-DNA_CELLS = ("GM12878", "hESC", "K562", "HepG2")
 
 
 def dna_settings(quick: bool) -> dict[str, Any]:
@@ -544,14 +545,14 @@ def train_dna_budget_classifier(num_labels: int, s: dict[str, Any]) -> tuple[Any
     cpu = time.process_time() - t0
     test = load_dnase("test")
     logits = G.predict(clf, test.one_hot(n="random", generator=torch.Generator().manual_seed(0)))
-    per = G.accuracy_by_class(logits, test.labels, len(DNA_CELLS))
+    per = G.accuracy_by_class(logits, test.labels, len(CELL_LINES))
     metrics = {"num_labels": len(data), "label_counts": torch.bincount(data.labels, minlength=4).tolist(),
                "chromosomes": sorted(set(data.chrom)), "label_seed": s["label_seed"],
                "sequence_digest": sequence_digest(data.sequences), "batch_size": batch,
                "val_fraction": 0.2, "val_accuracy": fit["val_accuracy"], "temperature": fit["temperature"],
                "epochs_run": fit["epochs"], "best_epoch": fit.get("best_epoch"),
                "test_accuracy": float((logits.argmax(-1) == test.labels).float().mean()),
-               **{f"test_accuracy_{DNA_CELLS[k]}": v for k, v in per.items()}, "train_cpu_s": cpu}
+               **{f"test_accuracy_{CELL_LINES[k]}": v for k, v in per.items()}, "train_cpu_s": cpu}
     return clf, metrics
 
 
@@ -613,7 +614,7 @@ def _dna_method(method: str, budget: str, s: dict[str, Any], root: Path) -> dict
         metrics = {k: float(v) for k, v in domain.evaluate(samples, out / f"eval_{name}").items()}
         variants[name] = {**metrics, "sample_wall_s": clk.wall, "sample_cpu_s": clk.cpu}
         print(f"    {method} {budget} {name}: oracle acc " +
-              " / ".join(f"{metrics.get(f'oracle_acc_{c}', float('nan')):.2f}" for c in DNA_CELLS) +
+              " / ".join(f"{metrics.get(f'oracle_acc_{c}', float('nan')):.2f}" for c in CELL_LINES) +
               f" (mean {metrics.get('oracle_acc_mean', float('nan')):.3f}), 3-mer r "
               f"{metrics.get('kmer3_corr_mean', float('nan')):.2f}, sampling {clk.wall:.0f} s", flush=True)
     return {"domain": "dna", "method": method, "budget": budget, "num_labels": n, **timing, **extra,
@@ -651,9 +652,8 @@ def _add_copy_check(results: list[dict[str, Any]], root: Path, s: dict[str, Any]
 
 def _acc_se(v: dict[str, Any]) -> float:
     """Standard error of the mean over cell lines of the oracle accuracies (binomial per cell line)."""
-    per_cell = v["num_samples"] / len(DNA_CELLS)
-    ps = [v[f"oracle_acc_{c}"] for c in DNA_CELLS]
-    return math.sqrt(sum(max(p * (1 - p), 1e-12) / per_cell for p in ps)) / len(ps)
+    per_cell = v["num_samples"] / len(CELL_LINES)
+    return math.hypot(*(_se(v[f"oracle_acc_{c}"], per_cell) for c in CELL_LINES)) / len(CELL_LINES)
 
 
 def dna_tables(results: list[dict[str, Any]], budgets: list[str], methods: list[str], s: dict[str, Any]) -> str:
@@ -704,7 +704,7 @@ def dna_tables(results: list[dict[str, Any]], budgets: list[str], methods: list[
                 continue
             r, q = x
             star = "*" if r.get("resumed_from_step") else ""
-            detail.append([bl[b], lab, " / ".join(f"{q[f'oracle_acc_{c}']:.2f}" for c in DNA_CELLS),
+            detail.append([bl[b], lab, " / ".join(f"{q[f'oracle_acc_{c}']:.2f}" for c in CELL_LINES),
                            f"{q['oracle_acc_mean']:.3f} / {q['oracle_acc_min']:.2f}",
                            f"{q.get('classifier_acc_mean', float('nan')):.2f}",
                            f"{q.get('kmer3_corr_mean', float('nan')):.2f} / {q.get('kmer3_corr_min', float('nan')):.2f}",

@@ -44,8 +44,8 @@ for p in (REPO, REPO / "bench"):
         sys.path.insert(0, str(p))
 
 from bench._common import Report, load_average, machine, update_docs, versions
+from domains.dna.data import CELL_LINES
 
-CELLS = ("GM12878", "hESC", "K562", "HepG2")
 #: method -> shipped recipe (None: evaluated here); the order in which they run and are listed
 METHODS: dict[str, str | None] = {
     "pretrained": None,
@@ -188,7 +188,7 @@ def _rel(path: Path) -> str:
 
 
 def _per_cell(m: dict[str, float], key: str, digits: int = 2, suffix: str = "") -> str:
-    vals = [m.get(f"{key}_{c}") for c in CELLS]
+    vals = [m.get(f"{key}_{c}") for c in CELL_LINES]
     if any(v is None for v in vals):
         return "n/a"
     return " / ".join(f"{v:.{digits}f}{suffix}" for v in vals)

@@ -89,7 +89,7 @@ def test_dna_study_quick(tmp_path, build_tiny, monkeypatch):
     for r in study.results:
         for v in r["variants"].values():
             assert v["num_samples"] == 8
-            for c in se.DNA_CELLS:
+            for c in se.CELL_LINES:
                 assert 0 <= v[f"oracle_acc_{c}"] <= 1
             assert v["oracle_acc_min"] <= v["oracle_acc_mean"] <= 1 and np.isfinite(v["kmer3_corr_mean"])
     assert set(by["cfg", "20"]["variants"]) == {"1", "4"} and set(by["ctrl", "20"]["variants"]) == {"default"}
