@@ -280,7 +280,8 @@ def offline_labels(chroms: list[str] | tuple[str, ...] | None = None, budget: in
         bad = sorted(set(chroms) & {"chr1", "chr2"})
         if bad:
             raise ValueError(f"{bad} are the validation / test chromosomes, not training data")
-        keep = [i for i, c in enumerate(data.chrom) if c in set(chroms)]
+        wanted = set(chroms)
+        keep = [i for i, c in enumerate(data.chrom) if c in wanted]
         if not keep:
             raise ValueError(f"no training peaks on chromosomes {list(chroms)}")
         data = data.subset(keep)

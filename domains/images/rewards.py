@@ -31,6 +31,8 @@ from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+# [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (the PIL view of the images), under its old name here
+from domains.images.metrics import to_uint8 as to_uint8_hwc
 from rldiff.core.classifier import fit_classifier
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -41,12 +43,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def to_uint8_hwc(images: Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (the PIL view of the images)."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
-
-
 def jpeg_size_kb(image: np.ndarray | Image.Image, quality: int = 95) -> float:
     """Size in kB (1000 bytes) of one RGB image saved as JPEG at `quality`."""
     pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
