@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/dna/tilt_analysis.py [--gammas 1 2 5 10 20 50] [--split validation]
     .venv/bin/python scripts/dna/tilt_analysis.py --pool pretrained    # the model's own T = 10 samples
+    .venv/bin/python scripts/dna/tilt_analysis.py --pool pretrained --draw 12288   # + 12,288 fresh ones
 
 CTRL's target for cell line y is p(x | y) proportional to p_pre(x) p(y | x)^gamma. Taking real
 held-out sequences (chr1 by default, seen by neither gReLU model) as a stand-in for samples of
@@ -39,16 +40,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--split", default="validation", choices=["validation", "test"])
     ap.add_argument("--pool", default="real", choices=["real", "pretrained"],
                     help="real held-out sequences of --split, or the shipped T = 10 pre-trained samples")
+    ap.add_argument("--draw", type=int, default=0,
+                    help="with --pool pretrained: also draw this many fresh T = 10 samples of the shipped model "
+                         "(seeded by --seed; ~2 s per 100 on two threads) to see whether the estimates move with the pool size")
+    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
     ap.add_argument("--oracle", default=str(DEFAULT_ORACLE))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.draw and args.pool != "pretrained":
+        ap.error("--draw adds pre-trained samples: use it with --pool pretrained")
     torch.set_num_threads(args.threads)
     parts = load_dnase().split()
     if args.pool == "real":
         pool = parts[args.split].tokens()  # [N, L]
     else:
         pool = read_baseline(default_baseline(10))
+        if args.draw:
+            from domains.dna.domain import build
+
+            fresh = build(num_steps=10, oracle=None).sample_pretrained(
+                args.draw, torch.Generator().manual_seed(args.seed), batch_size=256)
+            pool = torch.cat([pool, fresh])
     train = parts["train"]
     real = {k: train.subset((train.labels == k).nonzero().flatten()[:2000]).tokens() for k in range(4)}
     lp_clf = torch.log_softmax(predict(load_grelu(args.classifier), pool), -1)  # [N, 4]

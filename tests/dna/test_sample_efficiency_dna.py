@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +79,7 @@ def test_dna_study_quick(tmp_path, build_tiny, monkeypatch):
     out = tmp_path / "out"
     argv = ["--domain", "dna", "--quick", "--out-dir", str(out), "--remark", "A remark on the runs.",
             "--docs", str(bench_md), "--results-docs", str(results_md)]
-    start = time.process_time()
     study = se.main(argv)
-    assert time.process_time() - start < 60
 
     by = {(r["method"], r["budget"]): r for r in study.results}
     assert set(by) == {(m, b) for m in ("ctrl", "cfg") for b in ("20", "all")}
