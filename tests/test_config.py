@@ -222,7 +222,7 @@ def test_unknown_section_key_did_you_mean_with_line(tmp_path):
         f"{path}:{line}: train.log_evry: unknown key 'log_evry' in 'train'; did you mean "
         "'log_every' or 'eval_every'? Valid keys: steps, log_every, eval_every, checkpoint_every, "
         "keep_checkpoints, eval_samples, mixed_precision, gradient_accumulation_steps, cpu, threads, "
-        "lr_schedule, warmup_steps"
+        "lr_schedule, warmup_steps, ema_decay, ema_start"
     )
 
 

@@ -103,6 +103,14 @@ class TrainSection(_Section):
     warmup_steps: Annotated[
         int, Field(ge=0, description="linear learning-rate warm-up updates, an integer >= 0")
     ] = 0
+    ema_decay: Annotated[
+        float,
+        Field(ge=0, lt=1, description="evaluate with an exponential moving average of the trainable "
+              "parameters with this decay, a number in [0, 1) (0 = off; 0.98 averages ~50 updates)"),
+    ] = 0.0
+    ema_start: Annotated[
+        int, Field(ge=0, description="updates before the moving average starts, an integer >= 0")
+    ] = 0
 
 
 class LoggingSection(_Section):

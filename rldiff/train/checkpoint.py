@@ -6,6 +6,7 @@ Layout of `<run_dir>/checkpoints/`:
         model.safetensors     trainable parameters and buffers of every module, keys `<module>.<name>`
         optimizer.pt          {optimizer name: state_dict}, loaded with torch.load(weights_only=True)
         rng.safetensors       torch CPU RNG state (`cpu`), plus `cuda.<i>` per GPU when present
+        ema.safetensors       the parameters' moving average, with `train.ema_decay` (`rldiff.train.ema`)
         trainer_state.json    {"step": 50, "seed": 0, "extra_state": {...}}
     latest                    text file naming the newest committed checkpoint (`step_000050`)
 
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from rldiff.train.ema import EMA_FILE, ParameterEMA
 from rldiff.train.protocol import Algorithm
 
 LATEST = "latest"
@@ -62,7 +64,14 @@ def checkpoint_name(step: int) -> str:
 
 
 def save_checkpoint(
-    ckpt_dir: Path, step: int, algorithm: Algorithm, accelerator: Any, *, seed: int, keep: int
+    ckpt_dir: Path,
+    step: int,
+    algorithm: Algorithm,
+    accelerator: Any,
+    *,
+    seed: int,
+    keep: int,
+    ema: ParameterEMA | None = None,
 ) -> Path:
     """Write a checkpoint atomically, point `latest` at it and delete all but the newest `keep`.
 
@@ -76,6 +85,7 @@ def save_checkpoint(
         accelerator: The run's `accelerate.Accelerator`.
         seed: The run's seed, recorded in `trainer_state.json`.
         keep: How many of the newest checkpoints to keep (>= 1).
+        ema: The run's parameter average (`train.ema_decay`), saved as `ema.safetensors`.
 
     Returns:
         The checkpoint folder.
@@ -97,6 +107,9 @@ def save_checkpoint(
             os.fsync(f.fileno())
         save_file(_rng_state(), tmp / RNG_FILE)
         _fsync(tmp / RNG_FILE)
+        if ema is not None:
+            ema.save(tmp)
+            _fsync(tmp / EMA_FILE)
         extra = algorithm.extra_state() if hasattr(algorithm, "extra_state") else {}
         try:
             state_text = json.dumps({"step": step, "seed": seed, "extra_state": extra}, indent=2)
@@ -137,13 +150,17 @@ def read_trainer_state(checkpoint: Path) -> TrainerState:
     return TrainerState(step=state["step"], seed=state["seed"], extra_state=state["extra_state"])
 
 
-def load_checkpoint(checkpoint: Path, algorithm: Algorithm, accelerator: Any) -> TrainerState:
+def load_checkpoint(
+    checkpoint: Path, algorithm: Algorithm, accelerator: Any, ema: ParameterEMA | None = None
+) -> TrainerState:
     """Restore modules, optimizers, RNG state and the algorithm's extra state from a checkpoint.
 
     Args:
         checkpoint: A checkpoint folder (e.g. `latest_checkpoint(ckpt_dir)`).
         algorithm: The freshly built algorithm to restore into.
         accelerator: The run's `accelerate.Accelerator`.
+        ema: The run's parameter average, restored from `ema.safetensors` (restarted from the
+            loaded parameters when the checkpoint has none).
 
     Returns:
         The checkpoint's trainer state.
@@ -165,6 +182,8 @@ def load_checkpoint(checkpoint: Path, algorithm: Algorithm, accelerator: Any) ->
         )
     for name, module in modules.items():
         _load_module(accelerator.unwrap_model(module), by_module.get(name, {}), name, checkpoint)
+    if ema is not None:
+        ema.load(checkpoint)
     saved = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     optimizers = algorithm.optimizers()
     if set(saved) != set(optimizers):

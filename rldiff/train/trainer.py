@@ -22,6 +22,7 @@ Run directory after `train`:
     metrics.jsonl      one JSON object per logged step (`rldiff.train.logging`)
     tensorboard/       TensorBoard events (logging.tensorboard)
     checkpoints/       step_XXXXXX/ folders and the `latest` pointer (`rldiff.train.checkpoint`)
+                       (with `train.ema_decay`, evaluations sample from the parameters' moving average)
     eval/step_XXXXXX/  what `domain.evaluate` wrote for each evaluation
     eval.json          the final evaluation's metrics
     plots/             reward.png, kl.png, loss.png
@@ -30,6 +31,7 @@ Run directory after `train`:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -53,6 +55,7 @@ from rldiff.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from rldiff.train.ema import ParameterEMA
 from rldiff.train.logging import (
     METRICS_FILE,
     MetricsLogger,
@@ -265,6 +268,7 @@ def train(
     rank, world_size = accelerator.process_index, accelerator.num_processes
     domain, algorithm = build(config, accelerator)
     base_lrs = _base_learning_rates(algorithm)  # before a checkpoint overwrites them with decayed ones
+    ema = make_ema(config, algorithm)
 
     start = 0
     if resume:
@@ -273,7 +277,7 @@ def train(
         accelerator.wait_for_everyone()
         checkpoint = latest_checkpoint(ckpt_dir)
         if checkpoint is not None:
-            start = load_checkpoint(checkpoint, algorithm, accelerator).step
+            start = load_checkpoint(checkpoint, algorithm, accelerator, ema).step
         if main:
             truncate_metrics(metrics_path, start)
     if start > t.steps:
@@ -310,6 +314,8 @@ def train(
             )
             done = step + 1
             _check_finite(train_metrics, done, ckpt_dir)
+            if ema is not None:
+                ema.step()
             bar.set_postfix(
                 {k: f"{train_metrics[k]:.4g}" for k in CURVES if k in train_metrics}, refresh=False
             )
@@ -320,7 +326,7 @@ def train(
                 logger.log(done, train_metrics)
                 logged.update(train_metrics)
             if t.eval_samples and (last or (t.eval_every and done % t.eval_every == 0)):
-                result = _evaluate(algorithm, domain, config, run_dir, done, t.eval_samples, main)
+                result = _evaluate(algorithm, domain, config, run_dir, done, t.eval_samples, main, ema)
                 eval_metrics = result.metrics
                 logger.log(done, {f"eval/{k}": v for k, v in eval_metrics.items()})
                 logged.update({f"eval/{k}": v for k, v in eval_metrics.items()})
@@ -335,6 +341,7 @@ def train(
                     accelerator,
                     seed=config.seed,
                     keep=t.keep_checkpoints,
+                    ema=ema,
                 )
             if report is not None and (logged or saved is not None):
                 report(done, logged, saved)
@@ -401,13 +408,21 @@ def evaluate_checkpoint(
         raise TrainingError(f"{run_dir} has no checkpoint ({run_dir / CHECKPOINT_DIR}/latest)")
     accelerator = make_accelerator(config)
     domain, algorithm = build(config, accelerator)
-    step = load_checkpoint(checkpoint, algorithm, accelerator).step
+    ema = make_ema(config, algorithm)
+    step = load_checkpoint(checkpoint, algorithm, accelerator, ema).step
     num = num_samples if num_samples is not None else config.train.eval_samples
-    result = _evaluate(algorithm, domain, config, run_dir, step, num, accelerator.is_main_process)
+    result = _evaluate(algorithm, domain, config, run_dir, step, num, accelerator.is_main_process, ema)
     if accelerator.is_main_process:
         _write_eval_json(run_dir, result)
     accelerator.wait_for_everyone()
     return result
+
+
+def make_ema(config: RecipeConfig, algorithm: Algorithm) -> ParameterEMA | None:
+    """The moving average of the algorithm's trainable parameters that `train.ema_decay` asks for
+    (None when it is 0)."""
+    t = config.train
+    return ParameterEMA(algorithm.modules(), t.ema_decay, t.ema_start) if t.ema_decay > 0 else None
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
@@ -468,15 +483,19 @@ def _evaluate(
     step: int,
     num: int,
     main: bool,
+    ema: ParameterEMA | None = None,
 ) -> EvalResult:
-    """Sample on every process (collectives stay matched); the main process scores the samples."""
+    """Sample on every process (collectives stay matched); the main process scores the samples.
+    With a parameter average (`train.ema_decay`) the averaged parameters are in place throughout
+    (the domain's exact analyses may call the policy again)."""
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "eval", step))
-    samples = algorithm.sample(num, generator)
     out_dir = run_dir / EVAL_DIR / checkpoint_name(step)
     metrics: dict[str, float] = {}
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = {k: float(v) for k, v in domain.evaluate(samples, out_dir).items()}
+    with ema.averaged() if ema is not None else contextlib.nullcontext():
+        samples = algorithm.sample(num, generator)
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            metrics = {k: float(v) for k, v in domain.evaluate(samples, out_dir).items()}
     return EvalResult(step=step, num_samples=num, metrics=metrics, out_dir=out_dir)
 
 
