@@ -23,8 +23,9 @@ import json
 
 import torch
 
-from domains.dna.data import CELL_LINES, load_dnase
+from domains.dna.data import CELL_LINES, decode, load_dnase
 from domains.dna.domain import DEFAULT_CLASSIFIER, DEFAULT_ORACLE, default_baseline, read_baseline
+from domains.dna.evaluate import CELL_TYPE_MOTIFS, load_motifs, motif_counts
 from domains.dna.grelu_models import load_grelu, predict
 from domains.dna.kmers import kmer_frequencies
 
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--classifier", default=str(DEFAULT_CLASSIFIER))
     ap.add_argument("--oracle", default=str(DEFAULT_ORACLE))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--motifs", action="store_true",
+                    help="also report the target's known-motif enrichment over the pool (FIMO on every pool "
+                         "sequence; with --pool pretrained this is the main job's motif metric for the exact target)")
     args = ap.parse_args(argv)
     if args.draw and args.pool != "pretrained":
         ap.error("--draw adds pre-trained samples: use it with --pool pretrained")
@@ -68,6 +72,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     oracle_call = predict(load_grelu(args.oracle), pool).argmax(-1)  # [N]
     idx = pool[:, :-2] * 16 + pool[:, 1:-1] * 4 + pool[:, 2:]  # 3-mer index per position
     counts = torch.zeros(len(pool), 64).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float))
+    hits = None
+    if args.motifs:  # known motifs of each cell line per pool sequence, as `rldiff eval` counts them
+        found = motif_counts(decode(pool), load_motifs(sorted({t for c in CELL_LINES for t in CELL_TYPE_MOTIFS[c]})))
+        hits = {c: torch.tensor(sum(found[t] for t in CELL_TYPE_MOTIFS[c]), dtype=torch.float) for c in CELL_LINES}
     rows = []
     for g in args.gammas:
         for k, c in enumerate(CELL_LINES):
@@ -83,9 +91,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "kl": float(torch.special.xlogy(w, w * len(w)).sum()),
                 "reward": float((w * lp_clf[:, k]).sum()),
             })
+            if hits is not None:  # the target's motif hits over the pool's (p_pre's) own
+                rows[-1]["motif_enrichment"] = float(((w * hits[c]).sum() + 1e-3) / (hits[c].mean() + 1e-3))
         print(f"gamma {g:>5g}  " + "  ".join(
             f"{r['cell_line']}: acc {r['oracle_acc']:.2f} k3 {r['kmer3_corr']:.3f} ess {r['ess']:.0f} "
-            f"KL {r['kl']:.2f} r {r['reward']:.2f}"
+            f"KL {r['kl']:.2f} r {r['reward']:.2f}" + (f" motifs {r['motif_enrichment']:.2f}x" if hits else "")
             for r in rows[-4:]), flush=True)
     print(json.dumps(rows))
     return rows
