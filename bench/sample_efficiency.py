@@ -110,9 +110,10 @@ def _config(data: dict[str, Any]):
 
 def _train(config, run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Train with rldiff's trainer (resuming from run_dir's last checkpoint), then rebuild the domain and
-    algorithm and load the final checkpoint. Returns (domain, algorithm, timing)."""
+    algorithm and load the final checkpoint (its parameter average, with `train.ema_decay`, as the trainer
+    evaluates it). Returns (domain, algorithm, timing)."""
     from rldiff.train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state
-    from rldiff.train.trainer import build, make_accelerator, train
+    from rldiff.train.trainer import build, make_accelerator, make_ema, train
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
@@ -121,7 +122,10 @@ def _train(config, run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
         train(config, run_dir, resume=True, show_progress=False, command="bench/sample_efficiency.py")
     acc = make_accelerator(config)
     domain, algo = build(config, acc)
-    load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), algo, acc)
+    ema = make_ema(config, algo)
+    load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), algo, acc, ema)
+    if ema is not None:
+        ema.apply()
     timing = {"train_wall_s": clk.wall, "train_cpu_s": clk.cpu, "steps": config.train.steps}
     if start:
         timing["resumed_from_step"] = start  # the times then cover only the rest of the run
@@ -479,7 +483,8 @@ def dna_settings(quick: bool) -> dict[str, Any]:
     def recipe(name: str) -> dict[str, Any]:
         r = load_recipe(name).resolved
         return {"domain": {**r["domain"], "threads": 1}, "algorithm": dict(r["algorithm"]),
-                "train": {"steps": r["train"]["steps"], "lr_schedule": r["train"]["lr_schedule"]}}
+                "train": {"steps": r["train"]["steps"], "lr_schedule": r["train"]["lr_schedule"],
+                          "ema_decay": r["train"].get("ema_decay", 0.0)}}
 
     s = {
         "budgets": ["100", "1000", "all"],
@@ -594,7 +599,8 @@ def _dna_method(method: str, budget: str, s: dict[str, Any], root: Path) -> dict
     data = {"description": f"sample-efficiency study: {method} on DNA with {n} labels", "seed": 0,
             "domain": dom, "algorithm": dict(m["algorithm"]),
             "train": {"steps": m["train"]["steps"], "log_every": 25, "eval_every": 0, "checkpoint_every": 50,
-                      "eval_samples": 0, "lr_schedule": m["train"]["lr_schedule"], "cpu": True, "threads": 1},
+                      "eval_samples": 0, "lr_schedule": m["train"]["lr_schedule"],
+                      "ema_decay": m["train"]["ema_decay"], "cpu": True, "threads": 1},
             "logging": {"tensorboard": False, "wandb": False}}
     config = _config(data)
     out = root / f"n{budget}" / method
@@ -812,6 +818,10 @@ def dna_study(budgets: list[str] | None, methods: list[str] | None, out_dir: Pat
     results = _grid("dna", root, budgets, methods, cached_only, lambda m, b: _dna_method(m, b, s, root))
     c, g = s["ctrl"], s["cfg"]
     ca, ga = c["algorithm"], g["algorithm"]
+    ran = next((r["config"] for r in results if r["method"] == "ctrl" and "config" in r), None)
+    if ran is not None:  # cached results: describe the settings they were run with, not today's recipe
+        ca, c = ran["algorithm"], {"train": ran["train"], "domain": ran["domain"]}
+    ema = f", parameter average {c['train']['ema_decay']:g}" if c["train"].get("ema_decay") else ""
     intro = _paragraphs([
         ("CTRL against classifier-free guidance (CFG) on the DNA task (docs/dna.md: generate 200 bp DNase peaks "
          "specific to GM12878, hESC, K562 or HepG2), as the number of labelled (sequence, cell line) pairs grows. "
@@ -821,9 +831,9 @@ def dna_study(budgets: list[str] | None, methods: list[str] | None, out_dir: Pat
          "subset lies inside the 1,000-label one); \"all\" is the whole pool. The judge is the domain's "
          "evaluation with the held-out gReLU oracle (trained on the disjoint even chromosomes), "
          f"{s['eval_samples']} samples ({s['eval_samples'] // 4} per cell line), as in the recipes."),
-        (f"- CTRL: `recipes/dna/ctrl_cell_type.yaml` as shipped ({ca['mode']}, gamma = {ca['gamma']:g}, KL "
-         f"weight {ca['kl_weight']:g}, {c['train']['steps']} updates of batch {ca['batch_size']}, "
-         f"T = {c['domain']['num_steps']}) with its classifier p(y | x) retrained on the budget's labels: the "
+        (f"- CTRL: `recipes/dna/ctrl_cell_type.yaml` as shipped when these ran ({ca['mode']}, gamma = "
+         f"{ca['gamma']:g}, KL weight {ca['kl_weight']:g}, {c['train']['steps']} updates of batch "
+         f"{ca['batch_size']}{ema}, T = {c['domain']['num_steps']}) with its classifier p(y | x) retrained on the budget's labels: the "
          "shipped classifier's architecture and recipe (cosine lr 2e-3, label smoothing 0.05, "
          f"RC averaging), early stopping and temperature on 20% of the budget, up to "
          f"{s['classifier']['epochs']} epochs (patience {s['classifier']['patience']}). For all labels, the "

@@ -71,6 +71,10 @@ class ParameterEMA:
         finally:
             self.ema.restore(self.params)
 
+    def apply(self) -> None:
+        """Write the averages into the parameters for good (a rebuilt model that only samples)."""
+        self.ema.copy_to(self.params)
+
     def save(self, folder: Path) -> None:
         """Write `folder / ema.safetensors` (the caller fsyncs and commits the folder)."""
         tensors = {

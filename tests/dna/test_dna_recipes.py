@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rldiff.config import load_recipe, shipped_recipes
 from tests.dna._recipes import run_tiny
@@ -38,3 +39,7 @@ def test_ctrl_cell_type_two_updates(tmp_path, fresh_accelerate_state):
     assert tensors["y_embedding.weight"][:4].abs().sum() > 0  # the zero-initialised y-embedding moved
     assert tensors["y_embedding.weight"][4].abs().sum() == 0  # the null label is never trained here
     assert all("lora_" in k for k in tensors if k.startswith("denoiser."))  # only adapters are saved
+    # the recipe evaluates the moving average of exactly those trained tensors (train.ema_decay)
+    averaged = load_file(str(ckpt / "ema.safetensors"))
+    assert set(averaged) == {k for k in tensors if "lora_" in k or k == "y_embedding.weight"}
+    assert not torch.equal(averaged["y_embedding.weight"], tensors["y_embedding.weight"])
