@@ -112,24 +112,21 @@ def _train(config, run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """Train with rldiff's trainer (resuming from run_dir's last checkpoint), then rebuild the domain and
     algorithm and load the final checkpoint (its parameter average, with `train.ema_decay`, as the trainer
     evaluates it). Returns (domain, algorithm, timing)."""
-    from rldiff.train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state
-    from rldiff.train.trainer import build, make_accelerator, make_ema, train
+    from rldiff.train.checkpoint import latest_checkpoint, read_trainer_state
+    from rldiff.train.trainer import load_run, train
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     start = read_trainer_state(ckpt).step if ckpt is not None else 0
     with _Clock() as clk:
         train(config, run_dir, resume=True, show_progress=False, command="bench/sample_efficiency.py")
-    acc = make_accelerator(config)
-    domain, algo = build(config, acc)
-    ema = make_ema(config, algo)
-    load_checkpoint(latest_checkpoint(run_dir / "checkpoints"), algo, acc, ema)
-    if ema is not None:
-        ema.apply()
+    run = load_run(config, run_dir)
+    if run.ema is not None:
+        run.ema.apply()
     timing = {"train_wall_s": clk.wall, "train_cpu_s": clk.cpu, "steps": config.train.steps}
     if start:
         timing["resumed_from_step"] = start  # the times then cover only the rest of the run
-    return domain, algo, timing
+    return run.domain, run.algorithm, timing
 
 
 # ------------------------------------------------------------------------------------------ digits

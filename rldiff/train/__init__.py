@@ -1,7 +1,8 @@
 """The training side of rldiff.
 
 - `protocol`: what the loop needs from an algorithm and a domain.
-- `trainer`: the one training loop (`train`) and checkpoint evaluation (`evaluate_checkpoint`).
+- `trainer`: the one training loop (`train`), checkpoint evaluation (`evaluate_checkpoint`) and
+  rebuilding a finished run with its latest checkpoint (`load_run`).
 - `checkpoint`: atomic, resumable checkpoints.
 - `logging`: `metrics.jsonl`, TensorBoard, W&B and `summary.md`.
 - `plots`: PNG curves of reward, KL and loss.

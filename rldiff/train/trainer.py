@@ -403,6 +403,50 @@ def evaluate_checkpoint(
         TrainingError: The run has no checkpoint.
     """
     run_dir = Path(run_dir)
+    run = load_run(config, run_dir)
+    num = num_samples if num_samples is not None else config.train.eval_samples
+    main = run.accelerator.is_main_process
+    result = _evaluate(run.algorithm, run.domain, config, run_dir, run.step, num, main, run.ema)
+    if main:
+        _write_eval_json(run_dir, result)
+    run.accelerator.wait_for_everyone()
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    """What `load_run` returns: a run rebuilt from its recipe with its latest checkpoint loaded.
+
+    Attributes:
+        accelerator: The accelerator the run was rebuilt with.
+        domain: The domain.
+        algorithm: The algorithm, holding the checkpoint's raw (trained) parameters.
+        ema: The checkpoint's parameter average (`train.ema_decay`), None without one; sample from
+            what the run evaluates with `with run.ema.averaged(): ...`.
+        step: Updates the checkpoint had completed.
+    """
+
+    accelerator: Accelerator
+    domain: Domain
+    algorithm: Algorithm
+    ema: ParameterEMA | None
+    step: int
+
+
+def load_run(config: RecipeConfig, run_dir: Path) -> LoadedRun:
+    """Rebuild a run's domain and algorithm from its config and load its latest checkpoint.
+
+    Args:
+        config: The run's validated config (from its `config.yaml`).
+        run_dir: The run directory.
+
+    Returns:
+        The rebuilt run.
+
+    Raises:
+        TrainingError: The run has no checkpoint.
+    """
+    run_dir = Path(run_dir)
     checkpoint = latest_checkpoint(run_dir / CHECKPOINT_DIR)
     if checkpoint is None:
         raise TrainingError(f"{run_dir} has no checkpoint ({run_dir / CHECKPOINT_DIR}/latest)")
@@ -410,12 +454,7 @@ def evaluate_checkpoint(
     domain, algorithm = build(config, accelerator)
     ema = make_ema(config, algorithm)
     step = load_checkpoint(checkpoint, algorithm, accelerator, ema).step
-    num = num_samples if num_samples is not None else config.train.eval_samples
-    result = _evaluate(algorithm, domain, config, run_dir, step, num, accelerator.is_main_process, ema)
-    if accelerator.is_main_process:
-        _write_eval_json(run_dir, result)
-    accelerator.wait_for_everyone()
-    return result
+    return LoadedRun(accelerator, domain, algorithm, ema, step)
 
 
 def make_ema(config: RecipeConfig, algorithm: Algorithm) -> ParameterEMA | None:

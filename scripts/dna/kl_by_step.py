@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 from rldiff.config import load_recipe
-from rldiff.train.checkpoint import latest_checkpoint, load_checkpoint
-from rldiff.train.trainer import build, make_accelerator, make_ema
+from rldiff.train.trainer import load_run
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -31,18 +30,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    checkpoint = latest_checkpoint(args.run_dir / "checkpoints")
-    if checkpoint is None:
-        raise SystemExit(f"{args.run_dir} has no checkpoint")
     config = load_recipe(args.run_dir / "config.yaml", []).config
-    accelerator = make_accelerator(config)
-    domain, algorithm = build(config, accelerator)
+    run = load_run(config, args.run_dir)
+    domain, algorithm, ema = run.domain, run.algorithm, run.ema
     if not hasattr(algorithm, "make_cond"):
         raise SystemExit(f"{args.run_dir} is not a CTRL run ({config.algorithm['_component_']})")
-    ema = make_ema(config, algorithm)
-    load_checkpoint(checkpoint, algorithm, accelerator, ema)
-    torch.set_num_threads(args.threads)  # the domain's `threads` may have changed it
+    torch.set_num_threads(args.threads)  # after the build: the domain's `threads` may have set it
     generator = torch.Generator().manual_seed(args.seed)
     y = torch.arange(args.samples) % algorithm.num_labels
     with ema.averaged() if ema is not None else contextlib.nullcontext(), torch.no_grad():
