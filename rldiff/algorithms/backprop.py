@@ -47,7 +47,8 @@ class RewardBackprop(TaskRewardMixin):
         kl_log_steps: extra non-gradient steps for the logged KL estimate.
         gumbel_tau: Gumbel-softmax temperature (masked policies).
         relaxation: masked policies' gradient through sampled tokens: "gumbel_softmax",
-            "gumbel_rao" (Rao-Blackwellized over `rao_samples` conditional draws) or
+            "gumbel_rao" (Rao-Blackwellized over `rao_samples` conditional draws), "reinmax"
+            (ReinMax: second-order accurate, Liu et al. 2023) or
             "straight_through" (see `MaskedPolicy.step`).
         rao_samples: conditional Gumbel draws per token for "gumbel_rao".
         max_grad_norm: gradient clipping.
@@ -68,7 +69,7 @@ class RewardBackprop(TaskRewardMixin):
         k: Annotated[int, Field(ge=1)] = 1,
         kl_log_steps: Annotated[int, Field(ge=0)] = 0,
         gumbel_tau: Annotated[float, Field(gt=0)] = 1.0,
-        relaxation: Literal["gumbel_softmax", "gumbel_rao", "straight_through"] = "gumbel_softmax",
+        relaxation: Literal["gumbel_softmax", "gumbel_rao", "straight_through", "reinmax"] = "gumbel_softmax",
         rao_samples: Annotated[int, Field(ge=1)] = 8,
         max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0,
     ) -> None:

@@ -85,7 +85,8 @@ class CTRL:
         kl_log_steps: extra non-gradient steps for the logged KL estimate (backprop mode).
         gumbel_tau: straight-through Gumbel-softmax temperature (masked domains).
         relaxation: masked domains' gradient through sampled tokens: "gumbel_softmax",
-            "gumbel_rao" (Rao-Blackwellized over `rao_samples` conditional draws) or
+            "gumbel_rao" (Rao-Blackwellized over `rao_samples` conditional draws), "reinmax"
+            (ReinMax: second-order accurate, Liu et al. 2023) or
             "straight_through" (the gradient of the token probabilities); see `MaskedPolicy.step`.
         rao_samples: conditional Gumbel draws per token for "gumbel_rao".
         clip_range: PPO clip (policy_gradient mode).
@@ -118,7 +119,7 @@ class CTRL:
         kl_weight: Annotated[float, Field(ge=0)] = 1.0,
         kl_log_steps: Annotated[int, Field(ge=0)] = 0,
         gumbel_tau: Annotated[float, Field(gt=0)] = 1.0,
-        relaxation: Literal["gumbel_softmax", "gumbel_rao", "straight_through"] = "gumbel_softmax",
+        relaxation: Literal["gumbel_softmax", "gumbel_rao", "straight_through", "reinmax"] = "gumbel_softmax",
         rao_samples: Annotated[int, Field(ge=1)] = 8,
         clip_range: Annotated[float, Field(gt=0)] | None = 0.2,
         inner_epochs: Annotated[int, Field(ge=1)] = 1,

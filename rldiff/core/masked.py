@@ -178,7 +178,11 @@ class MaskedPolicy:
                 Gumbel-softmax gradient averaged over `rao_samples` Gumbel draws conditioned on the
                 sampled token (Paulus et al. 2021, "Rao-Blackwellizing the Straight-Through
                 Gumbel-Softmax Gradient Estimator"): the same expected gradient, lower variance, so a
-                lower `tau` (less bias) becomes usable.
+                lower `tau` (less bias) becomes usable. ``"reinmax"``: ReinMax (Liu et al. 2023,
+                "Bridging Discrete and Backpropagation: Straight-Through and Beyond"), Heun's
+                method in place of straight-through's Euler step: second-order accurate, i.e. its
+                expected gradient is exact for any function that is quadratic in each position's
+                one-hot token (straight-through: linear), at no extra model call.
             rao_samples: conditional Gumbel draws per token for ``"gumbel_rao"``.
             log_prob: also return the log-probability of the transition.
 
@@ -206,8 +210,10 @@ class MaskedPolicy:
                     soft = _gumbel_rao_soft(logp0, token, tau, rao_samples, generator)
                 elif relaxation == "straight_through":
                     soft = logp0.exp()
+                elif relaxation == "reinmax":
+                    soft = _reinmax_soft(logp0, token, tau)
                 else:
-                    raise ValueError(f"unknown relaxation {relaxation!r}; valid: gumbel_softmax, gumbel_rao, straight_through")
+                    raise ValueError(f"unknown relaxation {relaxation!r}; valid: gumbel_softmax, gumbel_rao, straight_through, reinmax")
                 token = token + (soft - soft.detach())  # straight-through: forward value exactly one-hot
             token = F.pad(token, (0, 1))  # [B, L, V+1], mask channel 0
             stay = F.one_hot(torch.full_like(masked, self.mask_id, dtype=torch.long), self.vocab_size + 1).to(x_t.dtype)
@@ -260,6 +266,16 @@ class MaskedPolicy:
             ll = (logp0 * x0[..., : self.vocab_size]).sum(-1)  # [B, L]
             total += (1 / t.double()) * (is_masked.double() * ll.double()).sum(-1)
         return (total / num_samples).float()
+
+
+def _reinmax_soft(logp: Tensor, token: Tensor, tau: float) -> Tensor:
+    """ReinMax's surrogate pi_2 (Liu et al. 2023, Algorithm 2) for a sampled one-hot `token` [.., V]:
+    pi_1 = softmax(theta') with theta' = log((token + softmax(logp / tau)) / 2) in the forward pass and
+    d pi_1 / d theta taken at theta' (its logits move with theta), pi_2 = 2 pi_1 - pi_0 / 2.
+    `token + pi_2 - pi_2.detach()` is then the sample forward and ReinMax's gradient backward."""
+    pi1 = ((token + torch.softmax(logp / tau, dim=-1)) / 2).clamp(min=1e-30)
+    pi1 = torch.softmax((pi1.log() - logp).detach() + logp, dim=-1)
+    return 2 * pi1 - 0.5 * logp.exp()
 
 
 def _gumbel_rao_soft(logp: Tensor, token: Tensor, tau: float, num: int, generator: torch.Generator | None) -> Tensor:
