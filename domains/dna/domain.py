@@ -140,7 +140,7 @@ class DNADomain:
                  elbo_samples: int = 8, gradient_checkpointing: bool = False,
                  label_conditioning: bool = False, label_embedding_scale: float = 30.0,
                  label_chroms: list[str] | None = None, label_budget: int | None = None,
-                 label_seed: int = 0) -> None:
+                 label_seed: int = 0, lora_per_label: bool = False) -> None:
         self.label_names = tuple(classifier.label_names)
         self.num_labels = len(self.label_names)
         if target is not None and target not in self.label_names:
@@ -149,7 +149,8 @@ class DNADomain:
         if label_conditioning and target is not None:
             raise ValueError("label_conditioning draws y over all cell lines; it cannot be combined with a fixed target")
         self.label_conditioning = label_conditioning
-        adapted, reference = with_lora(denoiser, rank=lora_rank, alpha=lora_alpha)
+        adapted, reference = with_lora(denoiser, rank=lora_rank, alpha=lora_alpha,
+                                       num_labels=self.num_labels if lora_per_label else 0)
         self.denoiser = adapted
         self.trainable: dict[str, nn.Module] = {"denoiser": adapted}
         net: nn.Module = adapted
@@ -319,6 +320,7 @@ def build(
     label_chroms: list[str] | str | None = None,
     label_budget: int | None = None,
     label_seed: int = 0,
+    lora_per_label: bool = False,
 ) -> DNADomain:
     """Build the DNA domain from saved weights (recipe entry: `_component_: domains.dna.build`).
 
@@ -328,6 +330,10 @@ def build(
         oracle: held-out oracle safetensors, or null for no oracle metrics.
         num_steps: sampling steps T (200 positions are unmasked over T steps).
         lora_rank, lora_alpha: LoRA on the denoiser's residual blocks.
+        lora_per_label: give every LoRA adapter one up-projection per cell line (plus a null one),
+            chosen by the algorithm's `y` (`domains.dna.model.LoRA`): each cell line gets its own
+            low-rank change of every layer instead of sharing one and differing only through
+            the y-embedding's FiLM modulation. False = one shared adapter (the shipped recipes).
         reward: "log_prob" (log p(y | x)) or "specificity" (log p(y|x) - max off-target).
         target: a fixed cell line for single-target rewards (DDPO, reward backprop); null = the
             algorithm supplies `y`.
@@ -376,7 +382,7 @@ def build(
                      eval_real_per_class=eval_real_per_class, elbo_samples=elbo_samples,
                      gradient_checkpointing=gradient_checkpointing, label_conditioning=label_conditioning,
                      label_embedding_scale=label_embedding_scale, label_chroms=label_chroms,
-                     label_budget=label_budget, label_seed=label_seed)
+                     label_budget=label_budget, label_seed=label_seed, lora_per_label=lora_per_label)
 
 
 __all__ = ["CELL_LINES", "CellTypeReward", "DNADomain", "LabelConditioned", "build", "default_baseline",

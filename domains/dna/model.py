@@ -113,15 +113,25 @@ LORA_TARGETS = ("conv", "proj", "film")  # attribute names inside each residual 
 
 
 class LoRA(nn.Module):
-    """A frozen Conv1d / Linear plus a zero-initialised low-rank residual."""
+    """A frozen Conv1d / Linear plus a zero-initialised low-rank residual.
 
-    def __init__(self, base: nn.Conv1d | nn.Linear, rank: int, alpha: float) -> None:
+    With `num_labels` K > 0 the up-projection is per label: K + 1 zero-initialised matrices B_y
+    (row K = the null label, used when no label is set) share one down-projection A, and the
+    layer computes W x + (alpha / r) B_y A x with y = `self.labels` ([B] long, or soft [B, K]
+    mixing the K label matrices), set by `LoRADenoiser.forward` from `cond["y"]`.
+    """
+
+    def __init__(self, base: nn.Conv1d | nn.Linear, rank: int, alpha: float, num_labels: int = 0) -> None:
         super().__init__()
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        if num_labels < 0:
+            raise ValueError(f"num_labels must be >= 0, got {num_labels}")
         self.base = base
         self.scaling = alpha / rank
         self.enabled = True
+        self.num_labels = num_labels
+        self.labels: Tensor | None = None
         if isinstance(base, nn.Conv1d):
             self.lora_A = nn.Conv1d(base.in_channels, rank, base.kernel_size, dilation=base.dilation,
                                     padding=base.padding, bias=False)
@@ -133,12 +143,28 @@ class LoRA(nn.Module):
             raise TypeError(f"LoRA supports nn.Conv1d and nn.Linear, got {type(base).__name__}")
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)  # zero-init: the adapted layer starts equal to the base
+        if num_labels:
+            out_dim = self.lora_B.weight.shape[0]
+            del self.lora_B
+            self.lora_B_y = nn.Parameter(torch.zeros(num_labels + 1, out_dim, rank))  # [K+1, out, r]
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base(x)
-        if self.enabled:
-            out = out + self.scaling * self.lora_B(self.lora_A(x))
-        return out
+        if not self.enabled:
+            return out
+        a = self.lora_A(x)  # [B, r, L] (conv) or [B, r]
+        if not self.num_labels:
+            return out + self.scaling * self.lora_B(a)
+        y = self.labels
+        if y is None:
+            B = self.lora_B_y[self.num_labels].expand(a.shape[0], -1, -1)
+        elif y.is_floating_point():
+            B = torch.einsum("bk,kor->bor", y.to(a.dtype), self.lora_B_y[: self.num_labels])
+        else:
+            B = self.lora_B_y[y.long()]
+        if B.shape[0] != a.shape[0]:
+            raise ValueError(f"LoRA: {B.shape[0]} labels for a batch of {a.shape[0]}")
+        return out + self.scaling * torch.einsum("bor,br...->bo...", B, a)
 
 
 class LoRADenoiser(nn.Module):
@@ -149,7 +175,7 @@ class LoRADenoiser(nn.Module):
     """
 
     def __init__(self, base: DNADenoiser, rank: int = 8, alpha: float = 16.0,
-                 targets: Sequence[str] = LORA_TARGETS) -> None:
+                 targets: Sequence[str] = LORA_TARGETS, num_labels: int = 0) -> None:
         super().__init__()
         for p in base.parameters():
             p.requires_grad_(False)
@@ -158,9 +184,9 @@ class LoRADenoiser(nn.Module):
                 layer = getattr(block, name, None)
                 if layer is None:
                     raise ValueError(f"LoRA target {name!r} is not a layer of the residual block; valid: {LORA_TARGETS}")
-                setattr(block, name, LoRA(layer, rank, alpha))
+                setattr(block, name, LoRA(layer, rank, alpha, num_labels))
         self.base = base
-        self.rank, self.alpha = rank, alpha
+        self.rank, self.alpha, self.num_labels = rank, alpha, num_labels
 
     @property
     def config(self) -> DenoiserConfig:
@@ -187,7 +213,19 @@ class LoRADenoiser(nn.Module):
                 m.enabled = e
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        return self.base(x_t, t, cond)
+        if not self.num_labels:
+            return self.base(x_t, t, cond)
+        y = cond.get("y") if isinstance(cond, dict) else None
+        if torch.is_tensor(y):
+            y = y.to(x_t.device).expand(x_t.shape[0], *y.shape[1:]) if y.shape[0] == 1 else y.to(x_t.device)
+        layers = self.adapters()
+        for m in layers:
+            m.labels = y if torch.is_tensor(y) else None
+        try:
+            return self.base(x_t, t, cond)
+        finally:
+            for m in layers:
+                m.labels = None
 
 
 class ReferenceView(nn.Module):
@@ -207,7 +245,7 @@ class ReferenceView(nn.Module):
 
 
 def with_lora(base: DNADenoiser, rank: int = 8, alpha: float = 16.0,
-              targets: Sequence[str] = LORA_TARGETS) -> tuple[LoRADenoiser, ReferenceView]:
+              targets: Sequence[str] = LORA_TARGETS, num_labels: int = 0) -> tuple[LoRADenoiser, ReferenceView]:
     """Freeze `base` (in place) and add zero-initialised LoRA adapters to its residual blocks.
 
     Args:
@@ -215,13 +253,15 @@ def with_lora(base: DNADenoiser, rank: int = 8, alpha: float = 16.0,
         rank, alpha: LoRA rank and scale (the update is alpha / rank * B A).
         targets: which layers of each block to adapt ("conv" dilated conv, "proj" 1x1 conv,
             "film" the time/condition FiLM Linear).
+        num_labels: K > 0 gives every adapter one up-projection per label (`LoRA`), chosen by
+            `cond["y"]`; 0 = one adapter shared by all labels.
 
     Returns:
         (adapted, reference): `adapted(x_t, t, cond)` is the trainable denoiser (only LoRA
         parameters require grad); `reference(x_t, t, cond)` runs the same module with the
         adapters disabled, i.e. exactly `base` as loaded.
     """
-    adapted = LoRADenoiser(base, rank, alpha, targets)
+    adapted = LoRADenoiser(base, rank, alpha, targets, num_labels)
     return adapted, ReferenceView(adapted)
 
 

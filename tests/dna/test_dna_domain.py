@@ -124,3 +124,21 @@ def test_label_chroms_by_name(build_tiny):
     assert not set(ref.chrom) & set(ORACLE_CHROMS)
     with pytest.raises(ValueError, match="one of \\['classifier', 'oracle'\\]"):
         build_tiny(label_chroms="nope")
+
+
+def test_per_label_lora_trains_only_the_rows_of_the_labels_drawn(build_tiny, fresh_accelerate_state):
+    """`lora_per_label`: CTRL's y reaches every adapter, so an update moves the up-projections of
+    the cell lines in its batch and no other; the reference stays the pre-trained model."""
+    from rldiff.algorithms.ctrl import CTRL
+
+    d = build_tiny(lora_per_label=True)
+    adapters = d.denoiser.adapters()
+    assert adapters and all(m.lora_B_y.shape[0] == d.num_labels + 1 for m in adapters)
+    algo = CTRL(d, gamma=1.0, batch_size=4, lr=1e-2, kl_weight=1.0, label_probs=[0.5, 0.5, 0.0, 0.0])
+    before = [m.lora_B_y.detach().clone() for m in adapters]
+    algo.update(0, torch.Generator().manual_seed(0))
+    moved = torch.stack([(m.lora_B_y.detach() - b).abs().sum(dim=(1, 2)) for m, b in zip(adapters, before)]).sum(0)
+    assert (moved[:2] > 0).all() and (moved[2:] == 0).all()  # GM12878 / hESC drawn; K562, HepG2, null not
+    traj = rollout(d.policy, 2, cond=algo.make_cond(torch.tensor([2, 3]), torch.Generator()),
+                   generator=torch.Generator().manual_seed(1), kl="all")
+    assert traj.kl.abs().max() < 1e-4  # cell lines never drawn still sample the pre-trained model

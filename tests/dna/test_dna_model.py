@@ -118,3 +118,40 @@ def test_kl_to_reference_is_zero_at_init_and_positive_after_update(tiny_denoiser
         layer.lora_B.weight.data.normal_(std=0.5)
     traj = rollout(pol, 4, generator=torch.Generator().manual_seed(0), kl="all")
     assert traj.kl.sum() > 0
+
+
+def test_per_label_lora_matches_its_formula_and_routes_by_label(tiny_denoiser):
+    x, t = batch(B=4)
+    base_out = tiny_denoiser(x, t).detach()
+    adapted, reference = with_lora(tiny_denoiser, rank=2, alpha=4.0, num_labels=3)
+    y = torch.tensor([0, 2, 1, 2])
+    assert torch.equal(adapted(x, t, {"y": y}), base_out)  # every B_y = 0 at init
+    g = torch.Generator().manual_seed(0)
+    for layer in adapted.adapters():
+        assert layer.lora_B_y.shape[0] == 4  # 3 labels + the null label
+        layer.lora_B_y.data.copy_(torch.randn(layer.lora_B_y.shape, generator=g))
+    out = adapted(x, t, {"y": y})
+    # one layer by hand: W x + (alpha / r) B_y A x, sample by sample
+    conv = adapted.base.blocks[0].conv
+    h = torch.randn(4, 8, 40, generator=g)
+    conv.labels = y
+    got = conv(h)
+    conv.labels = None
+    for i in range(4):
+        want = conv.base(h[i : i + 1]) + 2.0 * torch.einsum("or,brl->bol", conv.lora_B_y[y[i]], conv.lora_A(h[i : i + 1]))
+        assert torch.allclose(got[i : i + 1], want, atol=1e-5)
+    for i in range(4):  # a sample's output depends on its own label only
+        assert torch.allclose(adapted(x[i : i + 1], t[i : i + 1], {"y": y[i : i + 1]}), out[i : i + 1], atol=1e-5)
+    assert torch.allclose(adapted(x, t, {"y": F.one_hot(y, 3).float()}), out, atol=1e-5)  # soft one-hot = hard
+    assert not torch.allclose(adapted(x, t, {"y": torch.tensor([1, 2, 1, 0])}), out)
+    null = adapted(x, t, None)  # no label: the null row
+    for layer in adapted.adapters():
+        layer.lora_B_y.data[3] = 0
+    assert not torch.allclose(null, base_out) and torch.allclose(adapted(x, t, None), base_out, atol=1e-6)
+    assert torch.equal(reference(x, t, {"y": y}), base_out)  # adapters off = the pre-trained network
+    assert all(layer.labels is None for layer in adapted.adapters())  # labels never leak to the next call
+    adapted(x, t, {"y": y}).sum().backward()
+    grad = adapted.base.blocks[1].proj.lora_B_y.grad
+    assert grad[[0, 1, 2]].abs().sum(dim=(1, 2)).gt(0).all() and grad[3].abs().sum() == 0  # only labels used
+    with pytest.raises(ValueError, match="labels for a batch"):
+        adapted(x, t, {"y": y[:3]})
