@@ -170,6 +170,17 @@ def test_straight_through_relaxation_is_the_exact_gradient_of_a_linear_function(
         pol.step(x, i, gumbel=True, relaxation="rebar")
 
 
+def _relaxed_step(relaxation: str):
+    """One relaxed step (gumbel=True) and its denoiser; checks its forward value is the hard sample."""
+    pol, den, _ = _policy()
+    x = _onehot(_random_state(64, 0.7, seed=4))
+    with torch.no_grad():
+        hard = pol.step(x, 1, generator=torch.Generator().manual_seed(5))
+    step = pol.step(x, 1, generator=torch.Generator().manual_seed(5), gumbel=True, relaxation=relaxation)
+    assert torch.equal(step.x_prev.detach(), hard.x_prev)
+    return step, den
+
+
 def test_gumbel_rao_averages_the_gumbel_softmax_over_draws_with_the_same_argmax():
     """The conditional Gumbel draws behind relaxation="gumbel_rao" reproduce
     E[softmax((log p + G) / tau) | argmax(log p + G) = a], estimated here by rejection."""
@@ -192,13 +203,7 @@ def test_gumbel_rao_averages_the_gumbel_softmax_over_draws_with_the_same_argmax(
         per_draw = soft * (w - (soft * w).sum(-1, keepdim=True)) / tau  # [hits, V]
         se_g = per_draw.std(0) / math.sqrt(int(hit.sum()))
         assert ((rao_grad - per_draw.mean(0)).abs() <= 5 * se_g + 1e-3).all(), (a, rao_grad, per_draw.mean(0))
-    # and the step's forward value stays the hard sample
-    pol, _, _ = _policy()
-    x = _onehot(_random_state(64, 0.7, seed=4))
-    with torch.no_grad():
-        hard = pol.step(x, 1, generator=torch.Generator().manual_seed(5))
-    rao_step = pol.step(x, 1, generator=torch.Generator().manual_seed(5), gumbel=True, relaxation="gumbel_rao")
-    assert torch.equal(rao_step.x_prev.detach(), hard.x_prev)
+    _relaxed_step("gumbel_rao")  # and the step's forward value stays the hard sample
 
 
 def test_reinmax_is_exact_in_expectation_for_a_quadratic_function_where_straight_through_is_not():
@@ -230,13 +235,7 @@ def test_reinmax_is_exact_in_expectation_for_a_quadratic_function_where_straight
 
     torch.testing.assert_close(expected("reinmax"), exact, rtol=1e-10, atol=1e-12)
     assert (expected("straight_through") - exact).abs().max() > 0.05
-    # in the sampler: the forward value is the hard sample, and gradients pass
-    pol, den, _ = _policy()
-    x = _onehot(_random_state(64, 0.7, seed=4))
-    with torch.no_grad():
-        hard = pol.step(x, 1, generator=torch.Generator().manual_seed(5))
-    step = pol.step(x, 1, generator=torch.Generator().manual_seed(5), gumbel=True, relaxation="reinmax")
-    assert torch.equal(step.x_prev.detach(), hard.x_prev)
+    step, den = _relaxed_step("reinmax")  # in the sampler: the forward value is the hard sample, and gradients pass
     (step.x_prev[..., :V] * torch.randn(V, generator=g)).sum().backward()
     assert den.b.grad.abs().max() > 1e-3
 
