@@ -11,6 +11,7 @@ Satisfies `rldiff.train.protocol.RLDomain`.
 from __future__ import annotations
 
 import gzip
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,10 @@ class DNADomain:
                 raise ValueError(f"label_chroms / label_budget restrict the train split; got split={split!r}")
             data = offline_labels(self.label_chroms, self.label_budget, self.label_seed)
         else:
+            if split == "train" and self.oracle is not None:
+                warnings.warn("offline_data: every training chromosome, the held-out oracle's included; "
+                              "set domain.label_chroms: classifier to keep the oracle's peaks out of training",
+                              stacklevel=2)
             data = _without_n(load_dnase(split))
         perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
         return data.tokens()[perm], data.labels[perm].long()

@@ -24,7 +24,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from rldiff.algorithms.common import backward_fn, clip_and_step, device_of, trainable_parameters
+from rldiff.algorithms.common import (
+    backward_fn,
+    clip_and_step,
+    device_of,
+    diffusion_loss,
+    trainable_parameters,
+)
 from rldiff.algorithms.ctrl import LabelEmbedding
 from rldiff.core.gaussian import GaussianPolicy
 from rldiff.core.masked import MaskedPolicy
@@ -89,23 +95,9 @@ class CFG:
         return {"loss": loss.item(), "grad_norm": gnorm}
 
     def _diffusion_loss(self, x0: Tensor, cond: dict[str, Any], generator: torch.Generator) -> Tensor:
-        pol = self.policy
-        B = x0.shape[0]
-        if isinstance(pol, GaussianPolicy):
-            t = torch.randint(len(pol.alphas_cumprod), (B,), generator=generator)
-            a = pol.alphas_cumprod[t].float().to(self.device).view(-1, *[1] * (x0.ndim - 1))
-            noise = torch.randn(x0.shape, generator=generator).to(self.device)
-            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            return ((pol.denoiser(x_t, t.to(self.device), cond) - noise) ** 2).flatten(1).sum(1).mean()
-        # masked diffusion: MDLM continuous-time NELBO, weight -alpha'(t) / (1 - alpha(t))
-        t = torch.rand(B, generator=generator).clamp(min=1e-3)
-        keep = pol.schedule.alpha(t).float()
-        is_masked = (torch.rand(x0.shape, generator=generator) >= keep[:, None]).to(self.device)
-        x_t = torch.where(is_masked, torch.full_like(x0, pol.mask_id), x0)
-        logp0 = pol.denoise(pol.one_hot(x_t), t.to(self.device), cond)
-        ll = logp0.gather(-1, x0.long()[..., None]).squeeze(-1)  # [B, L]
-        w = pol.schedule.elbo_weight(t).float().to(self.device)
-        return -(w * (is_masked * ll).sum(-1)).mean() / x0.shape[1]
+        loss = diffusion_loss(self.policy, x0, cond, generator, self.device).mean()
+        # masked diffusion: nats per token (the Gaussian loss is the summed epsilon error)
+        return loss / x0.shape[1] if isinstance(self.policy, MaskedPolicy) else loss
 
     def guided_policy(self) -> GaussianPolicy | MaskedPolicy:
         """A copy of the policy that samples with guidance scale w (the null label is unconditional)."""

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from rldiff.core.gaussian import GaussianPolicy
+
 
 def device_of(accelerator: Any) -> torch.device:
     """The accelerator's device, or CPU without one."""
@@ -125,3 +127,26 @@ class TaskRewardMixin:
         elif getattr(self.domain, "target_label", None) is not None:
             out["y"] = torch.full((num,), int(self.domain.target_label))
         return with_prompts(out, conds)
+
+
+def diffusion_loss(policy: Any, x0: Tensor, cond: Any, generator: torch.Generator, device: torch.device) -> Tensor:
+    """The pre-training loss of `policy` on clean samples `x0`, one value per example: [B].
+
+    Gaussian policies: the epsilon-prediction error summed over dimensions at a uniform timestep.
+    Masked policies: the MDLM continuous-time negative ELBO in nats per sequence (weight
+    -alpha'(t) / (1 - alpha(t)) on the masked positions' log-likelihoods), an upper bound on
+    -log p_theta(x0 | cond) in expectation over t and the mask.
+    """
+    B = x0.shape[0]
+    if isinstance(policy, GaussianPolicy):
+        t = torch.randint(len(policy.alphas_cumprod), (B,), generator=generator)
+        a = policy.alphas_cumprod[t].float().to(device).view(-1, *[1] * (x0.ndim - 1))
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        return ((policy.denoiser(x_t, t.to(device), cond) - noise) ** 2).flatten(1).sum(1)
+    t = torch.rand(B, generator=generator).clamp(min=1e-3)
+    keep = policy.schedule.alpha(t).float()
+    is_masked = (torch.rand(x0.shape, generator=generator) >= keep[:, None]).to(device)
+    x_t = torch.where(is_masked, torch.full_like(x0, policy.mask_id), x0)
+    ll = policy.denoise(policy.one_hot(x_t), t.to(device), cond).gather(-1, x0.long()[..., None]).squeeze(-1)
+    return -policy.schedule.elbo_weight(t).float().to(device) * (is_masked * ll).sum(-1)

@@ -18,6 +18,14 @@ step 0 it *is* the pre-trained model and the KL is exactly 0. It maximises (CTRL
   the mixture sum_k w_k E_k and the reward sum_k w_k log p(k | x) (target p_pre prod_k p(k|x)^(gamma w_k)).
 - Multi-label control (conditional independence): give a `MultiLabelLogProb` reward and several
   label keys; see `docs/concepts.md`.
+- Forward anchor (`forward_weight > 0`, backprop mode): add `forward_weight` x the policy's
+  diffusion loss (for masked policies the negative ELBO, nats per sequence) on pairs (x, y) drawn
+  from a pool importance-weighted toward the same target, i.e. a Monte Carlo upper bound (up to a
+  constant) on the forward KL(target || policy). The reverse KL of eq. 6 and this forward KL have
+  the same minimiser, the target; the forward term is mass-covering, so it keeps the policy on
+  natural sequences the pool contains. Pools: "offline" = the domain's labelled pairs (x ~ p(x | y)
+  = p_pre(x) p(y | x) / p(y) when the data are the pre-trained model's, weights p(y | x)^(e - 1)
+  within each label) or "reference" = samples of the pre-trained model (weights p(y | x)^e).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from rldiff.algorithms.common import (
     backward_fn,
     clip_and_step,
     device_of,
+    diffusion_loss,
     expand_cond,
     index_cond,
     trainable_parameters,
@@ -99,6 +108,13 @@ class CTRL:
             the same distribution of y over training, with less per-label noise in each batch.
         soft_labels: train on continuous y ~ Dirichlet(1) mixtures instead of hard labels.
         temperature: classifier temperature (from calibration) used inside the reward.
+        forward_weight: weight of the forward anchor (0 = off; backprop mode, hard labels only).
+        forward_source: the anchor's pool: "offline" (the domain's `offline_data("train")` pairs) or
+            "reference" (samples drawn from the pre-trained model when CTRL is built).
+        forward_exponent: e in the anchor's target p_pre(x) p(y | x)^e (default gamma / kl_weight,
+            the exponent of CTRL's own target).
+        forward_batch: pairs per update in the anchor term.
+        forward_pool: at most this many pool examples (a fixed random subset / this many samples).
     """
 
     def __init__(
@@ -129,6 +145,11 @@ class CTRL:
         stratified_labels: bool = False,
         soft_labels: bool = False,
         temperature: Annotated[float, Field(gt=0)] = 1.0,
+        forward_weight: Annotated[float, Field(ge=0)] = 0.0,
+        forward_source: Literal["offline", "reference"] = "offline",
+        forward_exponent: Annotated[float, Field(ge=0)] | None = None,
+        forward_batch: Annotated[int, Field(ge=1)] = 64,
+        forward_pool: Annotated[int, Field(ge=1)] = 4096,
     ) -> None:
         policy = domain.policy
         if getattr(policy, "condition_dim", None) is None:
@@ -163,6 +184,12 @@ class CTRL:
         )
         if getattr(policy, "guidance_scale", None) is not None:
             self._wrap_uncond()
+        self.forward_weight, self.forward_batch = forward_weight, forward_batch
+        if forward_weight:
+            if mode != "backprop" or soft_labels:
+                raise ValueError("forward_weight > 0 (the forward anchor) needs mode='backprop' and hard labels")
+            exponent = forward_exponent if forward_exponent is not None else gamma / max(kl_weight, 1e-12)
+            self._build_forward_pool(forward_source, exponent, forward_pool)
 
     # ------------------------------------------------------------------ protocol
     def modules(self) -> dict[str, nn.Module]:
@@ -214,6 +241,47 @@ class CTRL:
                        gumbel_tau=self.gumbel_tau, relaxation=self.relaxation,
                        rao_samples=self.rao_samples, **kw)
 
+    # ------------------------------------------------------------------ forward anchor
+    def _classifier_input(self, x: Tensor) -> Tensor:
+        return self.policy.one_hot(x) if isinstance(self.policy, MaskedPolicy) else x
+
+    @torch.no_grad()
+    def _build_forward_pool(self, source: str, exponent: float, size: int) -> None:
+        """The anchor's pool x [N, ...] and per-label self-normalised weights [N, K] toward p_pre p(y|x)^e."""
+        g = torch.Generator().manual_seed(0)  # a fixed pool: a resumed run rebuilds the same one
+        labels = torch.arange(self.num_labels)
+        if source == "offline":
+            x, y = self.domain.offline_data("train")
+            keep = torch.randperm(len(x), generator=g)[:size]
+            x, y = x[keep].to(self.device), y[keep].long().cpu()
+            if y.min() < 0 or y.max() >= self.num_labels:
+                raise ValueError(f"offline_data labels must lie in [0, {self.num_labels}); got {y.min()}..{y.max()}")
+        else:
+            null = torch.full((size,), self.embedding.null_label, device=self.device)
+            x = torch.cat([self._rollout(self.make_cond(c, g), len(c), g, keep_states=False).x0
+                           for c in null.split(256)])  # the policy is still the pre-trained model here
+            if isinstance(self.policy, MaskedPolicy):
+                x = self.policy.tokens(x)
+        log_p = torch.cat([self.reward.log_probs(self._classifier_input(c)).float().cpu() for c in x.split(256)])
+        if source == "offline":  # label k's rows ~ p_pre(x) p(k | x): reweight by p(k | x)^(e - 1)
+            log_w = torch.where(y[:, None] == labels, (exponent - 1) * log_p, -torch.inf)
+            missing = [k for k in labels.tolist() if not (y == k).any()]
+            if missing:
+                raise ValueError(f"forward anchor: the offline pool has no example of label(s) {missing}")
+        else:
+            log_w = exponent * log_p
+        self.forward_x = x
+        self.forward_weights = torch.softmax(log_w, 0)  # [N, K]: column k = label k's target weights
+        self.forward_ess = (1 / (self.forward_weights**2).sum(0))  # effective pool size per label
+
+    def _forward_nelbo(self, generator: torch.Generator) -> Tensor:
+        """Mean diffusion loss of `forward_batch` pool pairs (x, y), y uniform, x ~ label y's weights."""
+        y = torch.randint(self.num_labels, (self.forward_batch,), generator=generator)
+        idx = torch.multinomial(self.forward_weights.T[y], 1, generator=generator).squeeze(1)
+        y = y.to(self.device)
+        return diffusion_loss(self.policy, self.forward_x[idx.to(self.device)], self.make_cond(y, generator),
+                              generator, self.device).mean()
+
     # ------------------------------------------------------------------ one update
     def update(self, step: int, generator: torch.Generator) -> dict[str, float]:
         y = self.sample_labels(self.batch_size, generator)
@@ -229,14 +297,19 @@ class CTRL:
                                  kl="grad" if self.kl_weight else "none", kl_log_steps=self.kl_log_steps,
                                  keep_states=False)
             r = check_reward(self.reward(traj.x0, cond), len(y), "log p(y|x)")
-            loss = backprop_loss(traj, r, self.gamma, self.kl_weight)
-        if loss.requires_grad:
-            backward_fn(self.accelerator)(loss)
+            loss = total = backprop_loss(traj, r, self.gamma, self.kl_weight)
+            if self.forward_weight:
+                nelbo = self._forward_nelbo(generator)
+                total = loss + self.forward_weight * nelbo
+        if total.requires_grad:
+            backward_fn(self.accelerator)(total)
             gnorm = clip_and_step(self.optimizer, self.params, self.max_grad_norm)
         else:  # grad="random" drew no gradient step this time: there is nothing to update
             gnorm = 0.0
         out = {"loss": loss.item(), "reward": r.mean().item(), "grad_norm": gnorm,
                "accuracy": self._accuracy(traj.x0, y), "reference_calls": float(traj.num_reference_calls)}
+        if self.forward_weight:
+            out |= {"forward_nelbo": nelbo.item(), "forward_ess": self.forward_ess.min().item()}
         if traj.kl_logged is not None:
             out["kl"] = traj.kl_logged.mean().item()
         return out

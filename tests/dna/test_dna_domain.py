@@ -126,6 +126,17 @@ def test_label_chroms_by_name(build_tiny):
         build_tiny(label_chroms="nope")
 
 
+def test_offline_data_warns_when_it_includes_the_oracles_peaks(build_tiny, recwarn):
+    """Every training chromosome means the held-out oracle's too: the domain says so (CFG and
+    CTRL's forward anchor train on these rows); the classifier's chromosomes alone are quiet."""
+    with pytest.warns(UserWarning, match="label_chroms: classifier"):
+        build_tiny().offline_data("train")
+    recwarn.clear()
+    build_tiny(label_chroms="classifier").offline_data("train")
+    build_tiny().offline_data("validation")  # chr1: no oracle peaks, nothing to say
+    assert not [w for w in recwarn if "oracle" in str(w.message)]
+
+
 def test_per_label_lora_trains_only_the_rows_of_the_labels_drawn(build_tiny, fresh_accelerate_state):
     """`lora_per_label`: CTRL's y reaches every adapter, so an update moves the up-projections of
     the cell lines in its batch and no other; the reference stays the pre-trained model."""
