@@ -31,7 +31,12 @@ def test_pretrain_recipe_two_updates(tmp_path, fresh_accelerate_state):
 
 
 def test_ctrl_cell_type_two_updates(tmp_path, fresh_accelerate_state):
-    run_tiny("dna/ctrl_cell_type", ["algorithm.batch_size=4", "train.steps=2"], tmp_path)
+    run_tiny("dna/ctrl_cell_type", ["algorithm.batch_size=4", "train.steps=2", "algorithm.forward_pool=512",
+                                    "algorithm.forward_batch=8", "train.log_every=1"], tmp_path)
+    import json
+
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["forward_nelbo"] > 0 for m in logged if "loss" in m)  # the recipe's forward anchor is on
     ckpt = next(tmp_path.glob("checkpoints/step_*"))
     from safetensors.torch import load_file
 
