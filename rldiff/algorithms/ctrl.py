@@ -251,6 +251,9 @@ class CTRL:
         g = torch.Generator().manual_seed(0)  # a fixed pool: a resumed run rebuilds the same one
         labels = torch.arange(self.num_labels)
         if source == "offline":
+            if not hasattr(self.domain, "offline_data"):
+                raise ValueError(f"forward_source 'offline' needs labelled pairs from the domain's offline_data(); "
+                                 f"{type(self.domain).__name__} has none (use forward_source: reference)")
             x, y = self.domain.offline_data("train")
             keep = torch.randperm(len(x), generator=g)[:size]
             x, y = x[keep].to(self.device), y[keep].long().cpu()
@@ -272,7 +275,7 @@ class CTRL:
             log_w = exponent * log_p
         self.forward_x = x
         self.forward_weights = torch.softmax(log_w, 0)  # [N, K]: column k = label k's target weights
-        self.forward_ess = (1 / (self.forward_weights**2).sum(0))  # effective pool size per label
+        self.forward_ess = 1 / (self.forward_weights**2).sum(0)  # effective pool size per label
 
     def _forward_nelbo(self, generator: torch.Generator) -> Tensor:
         """Mean diffusion loss of `forward_batch` pool pairs (x, y), y uniform, x ~ label y's weights."""

@@ -64,6 +64,13 @@ def test_forward_anchor_is_rejected_where_it_does_not_apply() -> None:
         CTRL(domain, soft_labels=True, forward_weight=0.1)
 
 
+    class NoOfflineData:  # a domain with a policy and a classifier but no labelled pairs
+        policy, classifier, num_labels, trainable = domain.policy, domain.classifier, domain.num_labels, domain.trainable
+
+    with pytest.raises(ValueError, match="offline_data"):
+        CTRL(NoOfflineData(), forward_weight=0.1)
+
+
 def test_update_reports_and_trains_the_anchor() -> None:
     """Same seed with and without the anchor: the reported loss is CTRL's, the step is not."""
     params = {}
