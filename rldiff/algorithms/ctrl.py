@@ -250,7 +250,7 @@ class CTRL:
         """The anchor's pool x [N, ...] and per-label self-normalised weights [N, K] toward p_pre p(y|x)^e."""
         g = torch.Generator().manual_seed(0)  # a fixed pool: a resumed run rebuilds the same one
         labels = torch.arange(self.num_labels)
-        if source == "offline":
+        if source == "offline":  # label k's rows ~ p_pre(x) p(k | x): reweight them by p(k | x)^(e - 1)
             if not hasattr(self.domain, "offline_data"):
                 raise ValueError(f"forward_source 'offline' needs labelled pairs from the domain's offline_data(); "
                                  f"{type(self.domain).__name__} has none (use forward_source: reference)")
@@ -259,20 +259,20 @@ class CTRL:
             x, y = x[keep].to(self.device), y[keep].long().cpu()
             if y.min() < 0 or y.max() >= self.num_labels:
                 raise ValueError(f"offline_data labels must lie in [0, {self.num_labels}); got {y.min()}..{y.max()}")
-        else:
+            own = y[:, None] == labels  # [N, K]: which label's target each row may stand for
+            missing = labels[~own.any(0)].tolist()
+            if missing:
+                raise ValueError(f"forward anchor: the offline pool has no example of label(s) {missing}")
+            power = exponent - 1
+        else:  # pre-trained samples stand for every label, weighted by p(k | x)^e
             null = torch.full((size,), self.embedding.null_label, device=self.device)
             x = torch.cat([self._rollout(self.make_cond(c, g), len(c), g, keep_states=False).x0
                            for c in null.split(256)])  # the policy is still the pre-trained model here
             if isinstance(self.policy, MaskedPolicy):
                 x = self.policy.tokens(x)
+            own, power = None, exponent
         log_p = torch.cat([self.reward.log_probs(self._classifier_input(c)).float().cpu() for c in x.split(256)])
-        if source == "offline":  # label k's rows ~ p_pre(x) p(k | x): reweight by p(k | x)^(e - 1)
-            log_w = torch.where(y[:, None] == labels, (exponent - 1) * log_p, -torch.inf)
-            missing = [k for k in labels.tolist() if not (y == k).any()]
-            if missing:
-                raise ValueError(f"forward anchor: the offline pool has no example of label(s) {missing}")
-        else:
-            log_w = exponent * log_p
+        log_w = power * log_p if own is None else torch.where(own, power * log_p, -torch.inf)
         self.forward_x = x
         self.forward_weights = torch.softmax(log_w, 0)  # [N, K]: column k = label k's target weights
         self.forward_ess = 1 / (self.forward_weights**2).sum(0)  # effective pool size per label

@@ -3,12 +3,12 @@
     .venv/bin/python scripts/dna/anchor_pool.py [--exponents 1 70 100 200 400] [--pool 4096] [--num 256]
 
 Builds the pool exactly as `CTRL(forward_weight > 0, forward_source="offline")` does (a fixed random
-`--pool` rows of the CTRL classifier's training chromosomes, as the recipe sets, label k's rows weighted by p_classifier(k | x)^(e - 1)), then
-for each exponent e draws `--num` sequences per cell line by those weights (with replacement, like
+`--pool` rows of the CTRL classifier's training chromosomes, as the recipe sets; label k's rows
+weighted by p_classifier(k | x)^(e - 1)), then for each exponent e draws `--num` sequences per cell line by those weights (with replacement, like
 the anchor's batches) and reports the effective pool size (ESS), the held-out oracle's accuracy and
 the 3-mer r with the cell line's training sequences (the metrics of `rldiff eval`). The anchor's
 target is only as good as this: it shows which exponents give a pool that is both accurate and natural.
-Note the pool rows come from the same training split as the 3-mer reference (overlap ~1/6 of rows).
+Note the 3-mer reference is training peaks of every chromosome, so about half of it lies on the pool's.
 """
 
 from __future__ import annotations

@@ -63,7 +63,6 @@ def test_forward_anchor_is_rejected_where_it_does_not_apply() -> None:
     with pytest.raises(ValueError, match="forward anchor"):
         CTRL(domain, soft_labels=True, forward_weight=0.1)
 
-
     class NoOfflineData:  # a domain with a policy and a classifier but no labelled pairs
         policy, classifier, num_labels, trainable = domain.policy, domain.classifier, domain.num_labels, domain.trainable
 
@@ -73,17 +72,18 @@ def test_forward_anchor_is_rejected_where_it_does_not_apply() -> None:
 
 def test_update_reports_and_trains_the_anchor() -> None:
     """Same seed with and without the anchor: the reported loss is CTRL's, the step is not."""
-    params = {}
+    params, losses = {}, {}
     for weight in (0.0, 0.5):
         torch.manual_seed(0)  # the toy's adapter is initialised from the global generator
         domain = DiscreteToy(seq_len=3, num_steps=8)  # a fresh adapter each time
         algo = CTRL(domain, batch_size=8, forward_weight=weight, forward_batch=16, forward_pool=500)
         out = algo.update(0, torch.Generator().manual_seed(0))
-        params[weight] = [p.detach().clone() for p in algo.params]
+        params[weight], losses[weight] = [p.detach().clone() for p in algo.params], out["loss"]
         if weight:
             assert out["forward_nelbo"] > 0 and out["forward_ess"] > 100
         else:
             assert "forward_nelbo" not in out
+    assert losses[0.0] == losses[0.5]  # the same rollout and CTRL loss: the anchor's draws come after
     assert any(not torch.equal(a, b) for a, b in zip(params[0.0], params[0.5]))
 
 
