@@ -129,24 +129,33 @@ class TaskRewardMixin:
         return with_prompts(out, conds)
 
 
-def diffusion_loss(policy: Any, x0: Tensor, cond: Any, generator: torch.Generator, device: torch.device) -> Tensor:
+def diffusion_loss(policy: Any, x0: Tensor, cond: Any, generator: torch.Generator, device: torch.device,
+                   t_max: float = 1.0) -> Tensor:
     """The pre-training loss of `policy` on clean samples `x0`, one value per example: [B].
 
     Gaussian policies: the epsilon-prediction error summed over dimensions at a uniform timestep.
     Masked policies: the MDLM continuous-time negative ELBO in nats per sequence (weight
     -alpha'(t) / (1 - alpha(t)) on the masked positions' log-likelihoods), an upper bound on
     -log p_theta(x0 | cond) in expectation over t and the mask.
+
+    `t_max` < 1 keeps only the low-noise part of the loss: t ~ U(0, t_max] (Gaussian: the lowest
+    `t_max` fraction of the timesteps), scaled by that fraction so the value is an unbiased estimate
+    of the part of the full loss over that range -- the terms of the sampler's last steps.
     """
+    if not 0 < t_max <= 1:
+        raise ValueError(f"diffusion_loss: t_max must lie in (0, 1], got {t_max}")
     B = x0.shape[0]
     if isinstance(policy, GaussianPolicy):
-        t = torch.randint(len(policy.alphas_cumprod), (B,), generator=generator)
+        n = max(1, round(t_max * len(policy.alphas_cumprod)))
+        t = torch.randint(n, (B,), generator=generator)
         a = policy.alphas_cumprod[t].float().to(device).view(-1, *[1] * (x0.ndim - 1))
         noise = torch.randn(x0.shape, generator=generator).to(device)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        return ((policy.denoiser(x_t, t.to(device), cond) - noise) ** 2).flatten(1).sum(1)
-    t = torch.rand(B, generator=generator).clamp(min=1e-3)
+        err = ((policy.denoiser(x_t, t.to(device), cond) - noise) ** 2).flatten(1).sum(1)
+        return err * (n / len(policy.alphas_cumprod)) if n < len(policy.alphas_cumprod) else err
+    t = (t_max * torch.rand(B, generator=generator)).clamp(min=1e-3)
     keep = policy.schedule.alpha(t).float()
     is_masked = (torch.rand(x0.shape, generator=generator) >= keep[:, None]).to(device)
     x_t = torch.where(is_masked, torch.full_like(x0, policy.mask_id), x0)
     ll = policy.denoise(policy.one_hot(x_t), t.to(device), cond).gather(-1, x0.long()[..., None]).squeeze(-1)
-    return -policy.schedule.elbo_weight(t).float().to(device) * (is_masked * ll).sum(-1)
+    return -t_max * policy.schedule.elbo_weight(t).float().to(device) * (is_masked * ll).sum(-1)

@@ -115,6 +115,9 @@ class CTRL:
             the exponent of CTRL's own target).
         forward_batch: pairs per update in the anchor term.
         forward_pool: at most this many pool examples (a fixed random subset / this many samples).
+        forward_t_max: keep only the anchor's low-noise terms, t <= forward_t_max (1 = the whole
+            bound; e.g. 0.2 = the last 2 of 10 masked-sampler steps, where the policy's local
+            completions are made). Each t's term alone is still minimised by the target.
     """
 
     def __init__(
@@ -150,6 +153,7 @@ class CTRL:
         forward_exponent: Annotated[float, Field(ge=0)] | None = None,
         forward_batch: Annotated[int, Field(ge=1)] = 64,
         forward_pool: Annotated[int, Field(ge=1)] = 4096,
+        forward_t_max: Annotated[float, Field(gt=0, le=1)] = 1.0,
     ) -> None:
         policy = domain.policy
         if getattr(policy, "condition_dim", None) is None:
@@ -184,7 +188,7 @@ class CTRL:
         )
         if getattr(policy, "guidance_scale", None) is not None:
             self._wrap_uncond()
-        self.forward_weight, self.forward_batch = forward_weight, forward_batch
+        self.forward_weight, self.forward_batch, self.forward_t_max = forward_weight, forward_batch, forward_t_max
         if forward_weight:
             if mode != "backprop" or soft_labels:
                 raise ValueError("forward_weight > 0 (the forward anchor) needs mode='backprop' and hard labels")
@@ -283,7 +287,7 @@ class CTRL:
         idx = torch.multinomial(self.forward_weights.T[y], 1, generator=generator).squeeze(1)
         y = y.to(self.device)
         return diffusion_loss(self.policy, self.forward_x[idx.to(self.device)], self.make_cond(y, generator),
-                              generator, self.device).mean()
+                              generator, self.device, t_max=self.forward_t_max).mean()
 
     # ------------------------------------------------------------------ one update
     def update(self, step: int, generator: torch.Generator) -> dict[str, float]:
