@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -130,7 +131,7 @@ class TaskRewardMixin:
 
 
 def diffusion_loss(policy: Any, x0: Tensor, cond: Any, generator: torch.Generator, device: torch.device,
-                   t_max: float = 1.0) -> Tensor:
+                   t_weights: Sequence[float] | None = None) -> Tensor:
     """The pre-training loss of `policy` on clean samples `x0`, one value per example: [B].
 
     Gaussian policies: the epsilon-prediction error summed over dimensions at a uniform timestep.
@@ -138,24 +139,37 @@ def diffusion_loss(policy: Any, x0: Tensor, cond: Any, generator: torch.Generato
     -alpha'(t) / (1 - alpha(t)) on the masked positions' log-likelihoods), an upper bound on
     -log p_theta(x0 | cond) in expectation over t and the mask.
 
-    `t_max` < 1 keeps only the low-noise part of the loss: t ~ U(0, t_max] (Gaussian: the lowest
-    `t_max` fraction of the timesteps), scaled by that fraction so the value is an unbiased estimate
-    of the part of the full loss over that range -- the terms of the sampler's last steps.
+    `t_weights` [w_1, ..., w_K] reweights the loss over t: the noise range is cut into K equal bins
+    (masked: t in ((k-1)/K, k/K]; Gaussian: the timesteps in order) and bin k's terms are multiplied
+    by w_k. t is drawn in proportion to the weights and the value scaled by their mean, so it is an
+    unbiased estimate of the integral of w(t) x the per-t loss (None = all ones = the loss itself;
+    [1, 1, 0, ..., 0] of 10 keeps the lowest-noise fifth, e.g. a 10-step sampler's last 2 steps).
     """
-    if not 0 < t_max <= 1:
-        raise ValueError(f"diffusion_loss: t_max must lie in (0, 1], got {t_max}")
+    w = None
+    if t_weights is not None:
+        w = torch.as_tensor(list(t_weights), dtype=torch.float64)
+        if w.ndim != 1 or len(w) == 0 or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"diffusion_loss: t_weights must be finite non-negative numbers, not all 0; got {t_weights}")
     B = x0.shape[0]
     if isinstance(policy, GaussianPolicy):
-        n = max(1, round(t_max * len(policy.alphas_cumprod)))
-        t = torch.randint(n, (B,), generator=generator)
+        n = len(policy.alphas_cumprod)
+        if w is None:
+            t, scale = torch.randint(n, (B,), generator=generator), 1.0
+        else:  # each timestep's weight is its bin's
+            per_t = w[(torch.arange(n) * len(w)) // n]
+            t, scale = torch.multinomial(per_t, B, replacement=True, generator=generator), float(per_t.mean())
         a = policy.alphas_cumprod[t].float().to(device).view(-1, *[1] * (x0.ndim - 1))
         noise = torch.randn(x0.shape, generator=generator).to(device)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        err = ((policy.denoiser(x_t, t.to(device), cond) - noise) ** 2).flatten(1).sum(1)
-        return err * (n / len(policy.alphas_cumprod)) if n < len(policy.alphas_cumprod) else err
-    t = (t_max * torch.rand(B, generator=generator)).clamp(min=1e-3)
+        return scale * ((policy.denoiser(x_t, t.to(device), cond) - noise) ** 2).flatten(1).sum(1)
+    if w is None:
+        t, scale = torch.rand(B, generator=generator), 1.0
+    else:
+        k = torch.multinomial(w, B, replacement=True, generator=generator)
+        t, scale = (k + torch.rand(B, generator=generator)) / len(w), float(w.mean())
+    t = t.clamp(min=1e-3)
     keep = policy.schedule.alpha(t).float()
     is_masked = (torch.rand(x0.shape, generator=generator) >= keep[:, None]).to(device)
     x_t = torch.where(is_masked, torch.full_like(x0, policy.mask_id), x0)
     ll = policy.denoise(policy.one_hot(x_t), t.to(device), cond).gather(-1, x0.long()[..., None]).squeeze(-1)
-    return -t_max * policy.schedule.elbo_weight(t).float().to(device) * (is_masked * ll).sum(-1)
+    return -scale * policy.schedule.elbo_weight(t).float().to(device) * (is_masked * ll).sum(-1)

@@ -115,9 +115,10 @@ class CTRL:
             the exponent of CTRL's own target).
         forward_batch: pairs per update in the anchor term.
         forward_pool: at most this many pool examples (a fixed random subset / this many samples).
-        forward_t_max: keep only the anchor's low-noise terms, t <= forward_t_max (1 = the whole
-            bound; e.g. 0.2 = the last 2 of 10 masked-sampler steps, where the policy's local
-            completions are made). Each t's term alone is still minimised by the target.
+        forward_t_weights: reweight the anchor's terms over the noise level t: K equal bins of t,
+            bin k's terms x w_k (`diffusion_loss(t_weights=...)`; None = the bound as it is; with a
+            10-step masked sampler, 10 weights are its 10 steps, the lowest-noise first). Each t's
+            term alone is minimised by the target, so any weighting keeps the minimiser.
     """
 
     def __init__(
@@ -153,7 +154,7 @@ class CTRL:
         forward_exponent: Annotated[float, Field(ge=0)] | None = None,
         forward_batch: Annotated[int, Field(ge=1)] = 64,
         forward_pool: Annotated[int, Field(ge=1)] = 4096,
-        forward_t_max: Annotated[float, Field(gt=0, le=1)] = 1.0,
+        forward_t_weights: list[Annotated[float, Field(ge=0)]] | None = None,
     ) -> None:
         policy = domain.policy
         if getattr(policy, "condition_dim", None) is None:
@@ -188,10 +189,12 @@ class CTRL:
         )
         if getattr(policy, "guidance_scale", None) is not None:
             self._wrap_uncond()
-        self.forward_weight, self.forward_batch, self.forward_t_max = forward_weight, forward_batch, forward_t_max
+        self.forward_weight, self.forward_batch, self.forward_t_weights = forward_weight, forward_batch, forward_t_weights
         if forward_weight:
             if mode != "backprop" or soft_labels:
                 raise ValueError("forward_weight > 0 (the forward anchor) needs mode='backprop' and hard labels")
+            if forward_t_weights is not None and (not forward_t_weights or sum(forward_t_weights) <= 0):
+                raise ValueError(f"forward_t_weights must hold at least one positive weight; got {forward_t_weights}")
             exponent = forward_exponent if forward_exponent is not None else gamma / max(kl_weight, 1e-12)
             self._build_forward_pool(forward_source, exponent, forward_pool)
 
@@ -287,7 +290,7 @@ class CTRL:
         idx = torch.multinomial(self.forward_weights.T[y], 1, generator=generator).squeeze(1)
         y = y.to(self.device)
         return diffusion_loss(self.policy, self.forward_x[idx.to(self.device)], self.make_cond(y, generator),
-                              generator, self.device, t_max=self.forward_t_max).mean()
+                              generator, self.device, t_weights=self.forward_t_weights).mean()
 
     # ------------------------------------------------------------------ one update
     def update(self, step: int, generator: torch.Generator) -> dict[str, float]:

@@ -103,3 +103,15 @@ def test_ctrl_with_forward_anchor_reaches_the_target(tmp_path: Path) -> None:
         pool_tv = _tv(pool, target)
         assert 3 * (0.03 + pool_tv) < _tv(domain.table.double(), target)  # the bound can fail
         assert metrics[f"y{k}/exact_tv"] <= 0.03 + pool_tv, (k, metrics[f"y{k}/exact_tv"], pool_tv)
+
+
+def test_forward_t_weights_reweight_the_anchor() -> None:
+    """`forward_t_weights`: only the last 2 of 10 bins kept -> clearly less of the bound; bad weights fail."""
+    domain = DiscreteToy(seq_len=3, num_steps=8)
+    nelbo = {}
+    for name, weights in (("all", None), ("low", [1.0, 1.0] + [0.0] * 8)):
+        algo = CTRL(domain, forward_weight=1.0, forward_batch=20_000, forward_pool=2000, forward_t_weights=weights)
+        nelbo[name] = float(algo._forward_nelbo(torch.Generator().manual_seed(0)))
+    assert 0 < nelbo["low"] < 0.5 * nelbo["all"], nelbo
+    with pytest.raises(ValueError, match="forward_t_weights"):
+        CTRL(domain, forward_weight=1.0, forward_pool=100, forward_t_weights=[0.0, 0.0])
