@@ -130,6 +130,14 @@ class TaskRewardMixin:
         return with_prompts(out, conds)
 
 
+def check_t_weights(t_weights: Sequence[float], name: str = "diffusion_loss: t_weights") -> Tensor:
+    """`t_weights` as a float64 vector, or a ValueError naming `name` unless they are finite, >= 0, not all 0."""
+    w = torch.as_tensor(list(t_weights), dtype=torch.float64)
+    if w.ndim != 1 or len(w) == 0 or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"{name} must be finite non-negative numbers, not all 0; got {list(t_weights)}")
+    return w
+
+
 def diffusion_loss(policy: Any, x0: Tensor, cond: Any, generator: torch.Generator, device: torch.device,
                    t_weights: Sequence[float] | None = None) -> Tensor:
     """The pre-training loss of `policy` on clean samples `x0`, one value per example: [B].
@@ -145,11 +153,7 @@ def diffusion_loss(policy: Any, x0: Tensor, cond: Any, generator: torch.Generato
     unbiased estimate of the integral of w(t) x the per-t loss (None = all ones = the loss itself;
     [1, 1, 0, ..., 0] of 10 keeps the lowest-noise fifth, e.g. a 10-step sampler's last 2 steps).
     """
-    w = None
-    if t_weights is not None:
-        w = torch.as_tensor(list(t_weights), dtype=torch.float64)
-        if w.ndim != 1 or len(w) == 0 or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"diffusion_loss: t_weights must be finite non-negative numbers, not all 0; got {t_weights}")
+    w = None if t_weights is None else check_t_weights(t_weights)
     B = x0.shape[0]
     if isinstance(policy, GaussianPolicy):
         n = len(policy.alphas_cumprod)

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from rldiff.algorithms.common import (
     autocast,
     backward_fn,
+    check_t_weights,
     clip_and_step,
     device_of,
     diffusion_loss,
@@ -193,8 +194,8 @@ class CTRL:
         if forward_weight:
             if mode != "backprop" or soft_labels:
                 raise ValueError("forward_weight > 0 (the forward anchor) needs mode='backprop' and hard labels")
-            if forward_t_weights is not None and (not forward_t_weights or sum(forward_t_weights) <= 0):
-                raise ValueError(f"forward_t_weights must hold at least one positive weight; got {forward_t_weights}")
+            if forward_t_weights is not None:  # checked now, not at the first update
+                self.forward_t_weights = check_t_weights(forward_t_weights, "forward_t_weights")
             exponent = forward_exponent if forward_exponent is not None else gamma / max(kl_weight, 1e-12)
             self._build_forward_pool(forward_source, exponent, forward_pool)
 

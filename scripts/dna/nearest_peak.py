@@ -15,12 +15,9 @@ import argparse
 from pathlib import Path
 
 import torch
-from Bio import SeqIO
 
 from domains.dna.data import CELL_LINES
 from domains.dna.domain import build
-
-BASES = {b: i for i, b in enumerate("ACGT")}
 
 
 def nearest_distances(samples: torch.Tensor, peaks: torch.Tensor, chunk: int = 32) -> torch.Tensor:
@@ -34,20 +31,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chroms", choices=["classifier", "all"], default="classifier")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    from composition import latest_samples  # same folder
+    from confident_kmers import read_generated
+
     domain = build(num_steps=10, label_chroms=None if args.chroms == "all" else "classifier")
     peaks = domain.offline_data("train")[0].long()
     print(f"nearest of {len(peaks)} training peaks ({args.chroms} chromosomes): min / 5% / median Hamming distance of 200")
     print("| run | " + " | ".join(CELL_LINES) + " |")
     print("|---" * (len(CELL_LINES) + 1) + "|")
     for run in args.runs:
-        fasta = sorted(run.glob("eval/step_*/samples.fasta"))
-        if not fasta:
-            raise SystemExit(f"{run}: no eval/step_*/samples.fasta (is it a finished DNA run?)")
-        records = list(SeqIO.parse(str(fasta[-1]), "fasta"))
+        generated = read_generated(str(latest_samples(run)))
         cells = []
         for c in CELL_LINES:
-            seqs = [str(r.seq) for r in records if f"target={c}" in r.description]
-            d = nearest_distances(torch.tensor([[BASES[b] for b in s] for s in seqs]), peaks).float()
+            d = nearest_distances(generated[c], peaks).float()
             cells.append(f"{int(d.min())} / {float(d.quantile(0.05)):.0f} / {float(d.median()):.0f}")
         print(f"| {run} | " + " | ".join(cells) + " |", flush=True)
 

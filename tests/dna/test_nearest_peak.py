@@ -10,9 +10,11 @@ import torch
 from domains.dna.data import CELL_LINES
 from domains.dna.domain import build
 
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "dna"
+
 
 def _load():
-    path = Path(__file__).resolve().parents[2] / "scripts" / "dna" / "nearest_peak.py"
+    path = SCRIPTS / "nearest_peak.py"
     spec = importlib.util.spec_from_file_location("nearest_peak", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -26,7 +28,8 @@ def test_nearest_distances_formula() -> None:
     assert mod.nearest_distances(samples, peaks, chunk=3).tolist() == [0, 1, 2, 4]
 
 
-def test_a_copied_peak_is_found(tmp_path: Path, capsys) -> None:
+def test_a_copied_peak_is_found(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # the script reads samples with its neighbours' helpers
     mod = _load()
     peaks = build(num_steps=10, label_chroms="classifier").offline_data("train")[0].long()
     g = torch.Generator().manual_seed(0)
