@@ -40,6 +40,15 @@ VENV_BIN = Path(sys.executable).parent
 PORT = 6379
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: scripts/test.sh runs `-m "not scale"`, then `-m scale`
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test in this folder `scale` (Ray: its background runs load both cores)."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.scale)
+
+
 def ray_env(token_path: Path, **extra: str) -> dict[str, str]:
     """The environment of every Ray process and driver in these tests."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "GLOO_"))}

@@ -13,8 +13,6 @@ from rldiff.config.loader import load_recipe
 from rldiff.train.trainer import build, make_accelerator, per_process_config, update_seed
 from tests.scale.conftest import TOY_CTRL
 
-pytestmark = pytest.mark.scale  # Ray: run on their own after the rest (scripts/test.sh)
-
 
 @pytest.mark.timeout(600)
 def test_run_toy_ctrl_on_two_local_workers(scale_runs, fresh_accelerate_state):

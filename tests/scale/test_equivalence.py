@@ -25,8 +25,6 @@ from tests.scale._dp import data_parallel
 from tests.scale._net import is_loopback
 from tests.scale.conftest import ROW_BANK
 
-pytestmark = pytest.mark.scale  # Ray: run on their own after the rest (scripts/test.sh)
-
 STEPS = 3
 
 

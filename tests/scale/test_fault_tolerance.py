@@ -16,8 +16,6 @@ from safetensors.torch import load_file
 from tests.scale._net import is_loopback
 from tests.scale.conftest import KILL_AFTER, _committed_step
 
-pytestmark = pytest.mark.scale  # Ray: run on their own after the rest (scripts/test.sh)
-
 STEPS = 40
 
 

@@ -8,8 +8,6 @@ import pytest
 
 from rldiff.scale.reward_actors import RewardActorPool, _rows
 
-pytestmark = pytest.mark.scale  # Ray: run on their own after the rest (scripts/test.sh)
-
 
 def test_request_rows_split_tensors_lists_and_keep_shared_values():
     import torch
