@@ -26,6 +26,12 @@ step 0 it *is* the pre-trained model and the KL is exactly 0. It maximises (CTRL
   natural sequences the pool contains. Pools: "offline" = the domain's labelled pairs (x ~ p(x | y)
   = p_pre(x) p(y | x) / p(y) when the data are the pre-trained model's, weights p(y | x)^(e - 1)
   within each label) or "reference" = samples of the pre-trained model (weights p(y | x)^e).
+- Moment anchor (`forward_moment_weight > 0`, masked policies, backprop mode): add
+  `forward_moment_weight` x (L - k + 1) chi2(q_y || m_y) / 2, where m_y are the k-mer frequencies of the
+  same weighted pool (the target's, estimated) and q_y those of this batch's samples with label y
+  (straight-through one-hots, so the gradient flows like the reward's). The target has m_y, so the
+  term is zero there and the minimiser is kept (up to the pool's error); it stops the policy from
+  buying reward with a shift of base composition that the target does not make.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from rldiff.algorithms.common import (
     trainable_parameters,
     with_prompts,
 )
-from rldiff.core.masked import MaskedPolicy
+from rldiff.core.masked import MaskedPolicy, kmer_frequencies
 from rldiff.core.objectives import backprop_loss, kl_to_go, policy_gradient_step
 from rldiff.core.reward import ClassifierLogProb, check_reward
 from rldiff.core.rollout import rollout
@@ -120,6 +126,12 @@ class CTRL:
             bin k's terms x w_k (`diffusion_loss(t_weights=...)`; None = the bound as it is; with a
             10-step masked sampler, 10 weights are its 10 steps, the lowest-noise first). Each t's
             term alone is minimised by the target, so any weighting keeps the minimiser.
+        forward_moment_weight: weight of the moment anchor (0 = off; masked policies, backprop mode,
+            hard labels): (L - k + 1) / 2 x the Pearson chi-square of the batch's k-mer frequencies for
+            y against the pool's (~ KL for small differences; finite for a k-mer the batch lacks), summed
+            over the batch's labels weighted by their share of the batch. Uses the forward pool (built
+            with `forward_source`, `forward_exponent`, `forward_pool` even when `forward_weight` is 0).
+        forward_moment_k: k of those k-mers (V^k frequencies; 2 = dinucleotides for DNA).
     """
 
     def __init__(
@@ -156,6 +168,8 @@ class CTRL:
         forward_batch: Annotated[int, Field(ge=1)] = 64,
         forward_pool: Annotated[int, Field(ge=1)] = 4096,
         forward_t_weights: list[Annotated[float, Field(ge=0)]] | None = None,
+        forward_moment_weight: Annotated[float, Field(ge=0)] = 0.0,
+        forward_moment_k: Annotated[int, Field(ge=1, le=4)] = 2,
     ) -> None:
         policy = domain.policy
         if getattr(policy, "condition_dim", None) is None:
@@ -191,13 +205,23 @@ class CTRL:
         if getattr(policy, "guidance_scale", None) is not None:
             self._wrap_uncond()
         self.forward_weight, self.forward_batch, self.forward_t_weights = forward_weight, forward_batch, forward_t_weights
+        self.forward_moment_weight, self.forward_moment_k = forward_moment_weight, forward_moment_k
         if forward_weight:
             if mode != "backprop" or soft_labels:
                 raise ValueError("forward_weight > 0 (the forward anchor) needs mode='backprop' and hard labels")
             if forward_t_weights is not None:  # checked now, not at the first update
                 self.forward_t_weights = check_t_weights(forward_t_weights, "forward_t_weights")
+        if forward_moment_weight:
+            if mode != "backprop" or soft_labels or not isinstance(policy, MaskedPolicy):
+                raise ValueError("forward_moment_weight > 0 (the moment anchor) needs a masked policy, "
+                                 "mode='backprop' and hard labels")
+            if forward_moment_k > policy.seq_len:
+                raise ValueError(f"forward_moment_k={forward_moment_k} is longer than the sequences ({policy.seq_len})")
+        if forward_weight or forward_moment_weight:
             exponent = forward_exponent if forward_exponent is not None else gamma / max(kl_weight, 1e-12)
             self._build_forward_pool(forward_source, exponent, forward_pool)
+        if forward_moment_weight:
+            self.forward_moments = self._pool_moments()  # [K, V^k]
 
     # ------------------------------------------------------------------ protocol
     def modules(self) -> dict[str, nn.Module]:
@@ -285,6 +309,30 @@ class CTRL:
         self.forward_weights = torch.softmax(log_w, 0)  # [N, K]: column k = label k's target weights
         self.forward_ess = 1 / (self.forward_weights**2).sum(0)  # effective pool size per label
 
+    @torch.no_grad()
+    def _pool_moments(self) -> Tensor:
+        """[K, V^k]: label k's k-mer frequencies under the pool's weights (the target's, estimated)."""
+        V, k = self.policy.vocab_size, self.forward_moment_k
+        f = torch.cat([kmer_frequencies(self.policy.one_hot(c)[..., :V].double(), k)
+                       for c in self.forward_x.split(1024)])  # [N, V^k]
+        return (self.forward_weights.double().T @ f.cpu()).float().to(self.device)
+
+    def _moment_loss(self, x0: Tensor, y: Tensor) -> Tensor:
+        """(L - k + 1) sum_y share_y chi2(batch moments_y || pool moments_y) / 2, differentiable in x0.
+
+        Half the Pearson chi-square sum_j (q_j - m_j)^2 / m_j is KL(q || m) to second order around
+        q = m, and unlike a KL it stays finite for a k-mer that this batch happens not to contain.
+        """
+        V, k = self.policy.vocab_size, self.forward_moment_k
+        f = kmer_frequencies(x0[..., :V], k)  # [B, V^k]
+        onehot = nn.functional.one_hot(y.long(), self.num_labels).to(f.dtype)  # [B, K]
+        n = onehot.sum(0)  # [K]
+        present = n > 0
+        q = (onehot.T @ f)[present] / n[present, None]  # [K', V^k] batch moments per present label
+        m = self.forward_moments[present]
+        chi2 = ((q - m) ** 2 / m.clamp(min=1e-6)).sum(-1)  # [K']
+        return (x0.shape[1] - k + 1) * 0.5 * (n[present] / len(y) * chi2).sum()
+
     def _forward_nelbo(self, generator: torch.Generator) -> Tensor:
         """Mean diffusion loss of `forward_batch` pool pairs (x, y), y uniform, x ~ label y's weights."""
         y = torch.randint(self.num_labels, (self.forward_batch,), generator=generator)
@@ -311,7 +359,10 @@ class CTRL:
             loss = total = backprop_loss(traj, r, self.gamma, self.kl_weight)
             if self.forward_weight:
                 nelbo = self._forward_nelbo(generator)
-                total = loss + self.forward_weight * nelbo
+                total = total + self.forward_weight * nelbo
+            if self.forward_moment_weight:
+                moment = self._moment_loss(traj.x0, y)
+                total = total + self.forward_moment_weight * moment
         if total.requires_grad:
             backward_fn(self.accelerator)(total)
             gnorm = clip_and_step(self.optimizer, self.params, self.max_grad_norm)
@@ -320,7 +371,11 @@ class CTRL:
         out = {"loss": loss.item(), "reward": r.mean().item(), "grad_norm": gnorm,
                "accuracy": self._accuracy(traj.x0, y), "reference_calls": float(traj.num_reference_calls)}
         if self.forward_weight:
-            out |= {"forward_nelbo": nelbo.item(), "forward_ess": self.forward_ess.min().item()}
+            out |= {"forward_nelbo": nelbo.item()}
+        if self.forward_weight or self.forward_moment_weight:
+            out["forward_ess"] = self.forward_ess.min().item()
+        if self.forward_moment_weight:
+            out["moment_chi2"] = moment.item()
         if traj.kl_logged is not None:
             out["kl"] = traj.kl_logged.mean().item()
         return out

@@ -291,3 +291,25 @@ def _gumbel_rao_soft(logp: Tensor, token: Tensor, tau: float, num: int, generato
     z = torch.where(token.bool(), -torch.log(e_top).expand_as(z_other), z_other)
     g = (z - logp).detach()  # the noise is drawn given the token, then held fixed: d/dtheta of softmax((logp + g) / tau)
     return torch.softmax((logp + g) / tau, dim=-1).mean(0)
+
+
+def kmer_frequencies(x: Tensor, k: int) -> Tensor:
+    """Per-sequence k-mer frequencies of one-hot (or relaxed one-hot) sequences, differentiable.
+
+    Args:
+        x: [B, L, V] one-hot tokens (a straight-through one-hot carries its gradient through).
+        k: k-mer length, 1 <= k <= L.
+
+    Returns:
+        [B, V^k]: the mean over the L - k + 1 windows of the outer product of the window's k one-hots,
+        flattened with the first position most significant (index sum_j v_j V^(k-1-j); for hard
+        one-hots these are the k-mer counts / (L - k + 1)).
+    """
+    L = x.shape[1]
+    if not 1 <= k <= L:
+        raise ValueError(f"k must lie in [1, {L}] for sequences of length {L}, got {k}")
+    n = L - k + 1
+    f = x[:, :n]  # [B, n, V]
+    for j in range(1, k):
+        f = (f.unsqueeze(-1) * x[:, j : j + n].unsqueeze(-2)).flatten(-2)  # [B, n, V^(j+1)]
+    return f.mean(1)
