@@ -24,6 +24,16 @@ from domains.dna.kmers import kmer_correlation
 from rldiff.algorithms.ctrl import CTRL
 
 
+def pool_draws(domain, exponent: float, pool: int, num: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`num` tokens per cell line drawn (with replacement) from CTRL's weighted offline pool at exponent
+    `exponent`, and the pool's effective size per cell line (ESS)."""
+    algo = CTRL(domain, gamma=1.0, kl_weight=1.0, forward_weight=1.0, forward_exponent=exponent, forward_pool=pool)
+    g = torch.Generator().manual_seed(seed)
+    draws = {c: algo.forward_x[torch.multinomial(algo.forward_weights[:, k], num, replacement=True, generator=g)]
+             for k, c in enumerate(CELL_LINES)}
+    return draws, algo.forward_ess
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exponents", type=float, nargs="+", default=[1, 70, 100, 200, 400])
@@ -38,14 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     print("| exponent e | " + " | ".join(CELL_LINES) + " |")
     print("|---" * (len(CELL_LINES) + 1) + "|")
     for e in args.exponents:
-        algo = CTRL(domain, gamma=e, kl_weight=1.0, forward_weight=1.0, forward_pool=args.pool)
-        g = torch.Generator().manual_seed(args.seed)
+        draws, ess = pool_draws(domain, e, args.pool, args.num, args.seed)
         cells = []
-        for k in range(len(CELL_LINES)):
-            idx = torch.multinomial(algo.forward_weights[:, k], args.num, replacement=True, generator=g)
-            x = algo.forward_x[idx]
-            acc = float((predict(domain.oracle, x).argmax(-1) == k).float().mean())
-            cells.append(f"{acc:.2f} / {kmer_correlation(x, real[k], 3):.2f} / {float(algo.forward_ess[k]):.0f}")
+        for k, c in enumerate(CELL_LINES):
+            acc = float((predict(domain.oracle, draws[c]).argmax(-1) == k).float().mean())
+            cells.append(f"{acc:.2f} / {kmer_correlation(draws[c], real[k], 3):.2f} / {float(ess[k]):.0f}")
         print(f"| {e:g} | " + " | ".join(cells) + " |", flush=True)
 
 

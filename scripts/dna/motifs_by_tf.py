@@ -22,16 +22,6 @@ import torch
 from domains.dna.data import CELL_LINES, decode
 from domains.dna.domain import build, default_baseline, read_baseline
 from domains.dna.evaluate import CELL_TYPE_MOTIFS, load_motifs, motif_counts
-from rldiff.algorithms.ctrl import CTRL
-
-
-def pool_draws(domain, exponent: float, pool: int, num: int, seed: int) -> dict[str, torch.Tensor]:
-    """`num` tokens per cell line drawn (with replacement) from CTRL's weighted offline pool."""
-    algo = CTRL(domain, gamma=1.0, kl_weight=1.0, forward_moment_weight=1.0, forward_exponent=exponent,
-                forward_pool=pool)
-    g = torch.Generator().manual_seed(seed)
-    return {c: algo.forward_x[torch.multinomial(algo.forward_weights[:, k], num, replacement=True, generator=g)]
-            for k, c in enumerate(CELL_LINES)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,13 +33,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from composition import latest_samples  # same folder
+    from anchor_pool import pool_draws  # same folder
+    from composition import latest_samples
     from confident_kmers import read_generated
 
     domain = build(num_steps=10, label_chroms="classifier")  # never the oracle's peaks
     motifs = load_motifs()
     pretrained = motif_counts(decode(read_baseline(default_baseline(10))), motifs)  # one column for every cell line
-    columns = {f"pool, e = {args.exponent:g}": pool_draws(domain, args.exponent, args.pool, args.num, args.seed)}
+    columns = {f"pool, e = {args.exponent:g}": pool_draws(domain, args.exponent, args.pool, args.num, args.seed)[0]}
     for run in args.runs:
         columns[str(run)] = read_generated(str(latest_samples(run)))
     print("known-motif FIMO hits per sequence (p < 1e-4, both strands)")

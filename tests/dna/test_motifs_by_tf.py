@@ -22,10 +22,13 @@ def _load():
     return mod
 
 
-def test_pool_draws_follow_the_weights() -> None:
-    mod = _load()
+def test_pool_draws_follow_the_weights(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from anchor_pool import pool_draws
+
     domain = build(num_steps=10, label_chroms="classifier")
-    draws = mod.pool_draws(domain, exponent=30.0, pool=256, num=64, seed=0)
+    draws, ess = pool_draws(domain, exponent=30.0, pool=256, num=64, seed=0)
+    assert ess.shape == (len(CELL_LINES),) and (ess >= 1).all() and (ess <= 256).all()
     assert set(draws) == set(CELL_LINES) and all(d.shape == (64, 200) for d in draws.values())
     # at e = 30 each cell line's draws are peaks the classifier calls for it
     from domains.dna.grelu_models import predict
