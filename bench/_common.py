@@ -33,7 +33,7 @@ import torch
 
 DOCS = REPO / "docs" / "benchmarks.md"
 #: order of this package's sections in docs/benchmarks.md (all above the Ray section)
-SECTION_ORDER = ("rollout_overhead", "backprop_step", "memory", "logprob_reference", "sample_efficiency",
+SECTION_ORDER = ("rollout_overhead", "backprop_step", "anchor_precision", "memory", "logprob_reference", "sample_efficiency",
                  "sample_efficiency_dna")
 
 

@@ -47,6 +47,16 @@ def test_backprop_step_quick():
     assert (calls["ours"], calls["ctrl_code"]) == (1, 3)  # kl="grad": K reference forwards, not T
 
 
+def test_anchor_precision_quick():
+    import anchor_precision
+
+    res = anchor_precision.run(quick=True, repeats=1, batches=(8,))
+    (row,) = res["rows"]
+    assert _finite(row["fp32_ms"], row["bf16_ms"], row["speedup"], row["loss_rel"], row["cos"], row["norm"])
+    assert 0 < row["loss_rel"] < 1e-2  # rounded, but only by bf16's precision
+    assert row["cos"] > 0.99
+
+
 def test_memory_quick():
     import memory
 

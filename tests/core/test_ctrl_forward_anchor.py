@@ -115,3 +115,32 @@ def test_forward_t_weights_reweight_the_anchor() -> None:
     assert 0 < nelbo["low"] < 0.5 * nelbo["all"], nelbo
     with pytest.raises(ValueError, match="forward_t_weights"):
         CTRL(domain, forward_weight=1.0, forward_pool=100, forward_t_weights=[0.0, 0.0])
+
+
+def test_forward_autocast_rounds_only_the_anchor() -> None:
+    """`forward_autocast="bf16"`: the anchor's layers run in bf16, its value and gradient stay close to fp32's."""
+    values, grads, dtypes = {}, {}, {}
+    for mode in ("no", "bf16"):
+        torch.manual_seed(0)
+        domain = DiscreteToy(seq_len=3, num_steps=8)
+        with torch.no_grad():  # a non-zero residual, so the adapter's layers matter to the value
+            for p in domain.denoiser.parameters():
+                if p.requires_grad:
+                    p.normal_(0, 0.3)
+        algo = CTRL(domain, forward_weight=1.0, forward_batch=512, forward_pool=2000, forward_autocast=mode)
+        seen: list[torch.dtype] = []
+        hook = domain.denoiser.mid.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        nelbo = algo._forward_nelbo(torch.Generator().manual_seed(0))
+        nelbo.backward()
+        anchor = set(seen)
+        seen.clear()  # the sampler (and with it the exact KL) is outside the anchor: never autocast
+        algo._rollout(algo.make_cond(torch.zeros(4, dtype=torch.long), torch.Generator()), 4, torch.Generator())
+        hook.remove()
+        assert nelbo.dtype == torch.float32 and set(seen) == {torch.float32}
+        values[mode], dtypes[mode] = nelbo.item(), anchor
+        grads[mode] = torch.cat([p.grad.flatten() for p in algo.params if p.grad is not None])
+    assert dtypes == {"no": {torch.float32}, "bf16": {torch.bfloat16}}
+    assert values["no"] != values["bf16"]  # rounded ...
+    assert abs(values["bf16"] - values["no"]) < 1e-2 * values["no"], values  # ... by about bf16's precision
+    cos = torch.nn.functional.cosine_similarity(grads["no"], grads["bf16"], 0)
+    assert cos > 0.99, float(cos)

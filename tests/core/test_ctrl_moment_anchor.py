@@ -59,6 +59,19 @@ def test_pool_moments_are_the_target_moments(k: int) -> None:
         # (measured: pool 0.003-0.018 from the target's, the pre-trained model's 0.13-0.44)
 
 
+def test_moment_exponent_reweights_only_the_moment_target() -> None:
+    """`forward_moment_exponent`: the moments follow p_pre p(y|x)^e_m, the MDLM anchor's weights keep e."""
+    domain = DiscreteToy(seq_len=3, num_steps=8)
+    base = CTRL(domain, gamma=3.0, kl_weight=1.0, forward_moment_weight=1.0, forward_pool=20_000)
+    algo = CTRL(domain, gamma=3.0, kl_weight=1.0, forward_moment_weight=1.0, forward_pool=20_000,
+                forward_moment_exponent=1.0)
+    assert torch.equal(algo.forward_weights, base.forward_weights)  # the same pool and weights at e = 3
+    for label in range(domain.num_labels):
+        got = algo.forward_moments[label].double()
+        near, far = (_tv(got, _moments(domain, domain.target(label, e), 2)) for e in (1.0, 3.0))
+        assert near < 0.035 and near < 0.25 * far, (label, near, far)
+
+
 def test_moment_anchor_moves_the_policy_to_the_target_moments() -> None:
     """Moment term alone (no KL, a negligible reward): the policy's exact 2-mer frequencies approach the pool's."""
     torch.manual_seed(0)  # the toy's adapter is initialised from the global generator
@@ -109,3 +122,48 @@ def test_moment_anchor_is_rejected_where_it_does_not_apply() -> None:
         CTRL(domain, soft_labels=True, forward_moment_weight=0.1)
     with pytest.raises(ValueError, match="longer than the sequences"):
         CTRL(domain, forward_moment_weight=0.1, forward_moment_k=4)
+
+
+def test_unbiased_moment_chi2_estimates_the_mean_frequencies_chi2() -> None:
+    """`forward_moment_unbiased`: E over batches = chi2(E[q] || m) exactly; the batch's chi2 adds sum_j Var(q_j) / m_j.
+
+    Batches of n rows of one label drawn from the pre-trained law, whose k-mer frequencies and their
+    per-sequence variances are exact sums over the V^L sequences.
+    """
+    domain = DiscreteToy(seq_len=3, num_steps=8)
+    k, n, reps = 2, 4, 4000
+    scale = (domain.L - k + 1) / 2
+    algo = {u: CTRL(domain, forward_moment_weight=1.0, forward_moment_k=k, forward_pool=2000,
+                    forward_moment_unbiased=u) for u in (False, True)}
+    m = algo[True].forward_moments[0].double()
+    f_all = kmer_frequencies(F.one_hot(domain.all_seqs, domain.V).double(), k)  # [V^L, V^k]
+    mean = domain.table.double() @ f_all
+    var = domain.table.double() @ (f_all - mean) ** 2  # per-sequence variance of each frequency
+    exact = scale * float(((mean - m) ** 2 / m).sum())
+    noise = scale * float((var / n / m).sum())
+    g = torch.Generator().manual_seed(0)
+    x = domain.all_seqs[torch.multinomial(domain.table, n * reps, replacement=True, generator=g)]
+    y = torch.zeros(n, dtype=torch.long)
+    got = {u: torch.tensor([float(a._moment_loss(F.one_hot(b, domain.V).float(), y)) for b in x.split(n)])
+           for u, a in algo.items()}
+    for u, want in ((True, exact), (False, exact + noise)):
+        se = float(got[u].std()) / reps**0.5
+        assert abs(float(got[u].mean()) - want) < 4 * se, (u, float(got[u].mean()), want, se)
+    assert noise > 10 * float(got[True].std()) / reps**0.5  # the two expectations are told apart
+    # a label with a single row has no pair: it drops out of the unbiased estimate
+    one = F.one_hot(x[:3], domain.V).float()
+    assert float(algo[True]._moment_loss(one, torch.tensor([0, 0, 1]))) == pytest.approx(
+        float(algo[True]._moment_loss(one[:2], torch.tensor([0, 0]))) * 2 / 3)
+
+
+def test_unbiased_moment_gradient_takes_each_row_against_the_others() -> None:
+    """d U / d f_i = (L - k + 1) sum_{i' != i} (f_i' - m) / (n (n - 1) m): a row's own deviation is not in it."""
+    domain = DiscreteToy(seq_len=3, num_steps=8)
+    k, n = 2, 5
+    algo = CTRL(domain, forward_moment_weight=1.0, forward_moment_k=k, forward_pool=2000, forward_moment_unbiased=True)
+    x = torch.rand(n, domain.L, domain.V, generator=torch.Generator().manual_seed(1)).softmax(-1).requires_grad_(True)
+    (got,) = torch.autograd.grad(algo._moment_loss(x, torch.zeros(n, dtype=torch.long)), x)
+    f, m = kmer_frequencies(x, k), algo.forward_moments[0]
+    others = (f.sum(0, keepdim=True) - f - (n - 1) * m) / (n * (n - 1) * m)  # [n, V^k]
+    (want,) = torch.autograd.grad(((domain.L - k + 1) * others.detach() * f).sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
