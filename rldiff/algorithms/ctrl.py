@@ -144,7 +144,7 @@ class CTRL:
         forward_autocast: "bf16" runs the MDLM-loss anchor's denoiser pass under
             `torch.autocast(dtype=bfloat16)` (convolutions and matmuls in bf16; the log-softmax and the
             loss in fp32): the anchor is a regulariser toward the pool, so a rounded value and gradient
-            serve it, and on a CPU with AVX512-BF16 its pass is ~1.8x faster. The rollout, the reward and
+            serve it, and on a CPU with AVX512-BF16 its pass is ~1.7x faster. The rollout, the reward and
             the exact KL keep the accelerator's precision. "no" (default) = the accelerator's precision.
     """
 

@@ -1,6 +1,6 @@
 """Are high oracle confidence and natural 3-mer statistics in conflict on real DNA?
 
-    .venv/bin/python scripts/dna/confident_kmers.py [--threshold 0.9] [--fasta RUN/eval/step_000170/samples.fasta]
+    .venv/bin/python scripts/dna/confident_kmers.py [--threshold 0.9] [--fasta RUN/eval/step_000200/samples.fasta]
 
 For each cell line c, takes real chr2 test sequences (seen by neither gReLU model) and reports the
 3-mer Pearson r with c's training sequences (the metric of `DNADomain.evaluate`) of 64-sequence
