@@ -356,13 +356,12 @@ class CTRL:
         onehot = nn.functional.one_hot(y.long(), self.num_labels).to(f.dtype)  # [B, K]
         n = onehot.sum(0)  # [K]
         present = n > (1 if self.forward_moment_unbiased else 0)
-        q = (onehot.T @ f)[present] / n[present, None]  # [K', V^k] batch moments per present label
+        rows, total = n[present, None], (onehot.T @ f)[present]  # [K', 1] rows and [K', V^k] summed frequencies
         m = self.forward_moments[present]
-        sq = (q - m) ** 2
+        sq = (total / rows - m) ** 2  # (batch moments - pool moments)^2 per present label
         if self.forward_moment_unbiased:  # (n^2 sq - sum_i (f_i - m)^2) / (n (n - 1)): pairs i != i' only
-            own = (onehot.T[present] @ (f**2)) - 2 * m * (onehot.T[present] @ f) + n[present, None] * m**2
-            k_n = n[present, None]
-            sq = (k_n**2 * sq - own) / (k_n * (k_n - 1))
+            own = onehot.T[present] @ f**2 - 2 * m * total + rows * m**2  # sum_i (f_i - m)^2 over label's rows
+            sq = (rows**2 * sq - own) / (rows * (rows - 1))
         chi2 = (sq / m.clamp(min=1e-6)).sum(-1)  # [K']
         return (x0.shape[1] - k + 1) * 0.5 * (n[present] / len(y) * chi2).sum()
 
