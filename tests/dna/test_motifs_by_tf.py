@@ -1,4 +1,4 @@
-"""scripts/dna/motifs_by_tf.py: per-TF motif hits of the pre-trained samples, the weighted pool and a run."""
+"""scripts/dna: motifs_by_tf.py (per-TF motif hits), anchor_pool.py (pool draws), moment_noise_floor.py."""
 
 from __future__ import annotations
 
@@ -60,3 +60,21 @@ def test_planted_consensus_is_counted(tmp_path: Path, capsys, monkeypatch) -> No
     sox2 = next(r for r in rows if r.split("|")[2].strip() == "SOX2")
     pretrained, _pool, run = (float(v) for v in sox2.strip().strip("|").split("|")[2:])
     assert run >= 1.0 > pretrained
+
+
+def test_moment_noise_floor_batch_vs_unbiased(monkeypatch) -> None:
+    """Batches drawn from the moment anchor's own target: the batch chi-square sits above zero and falls
+    ~1/n with the batch size; the pairs-of-rows estimator averages ~0 at any size."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    from moment_noise_floor import floor
+
+    from rldiff.algorithms.ctrl import CTRL
+
+    domain = build(num_steps=10, label_chroms="classifier")
+    algo = CTRL(domain, gamma=1.0, kl_weight=1.0, forward_weight=0.0, forward_moment_weight=1.0,
+                forward_moment_k=2, forward_exponent=30.0, forward_moment_exponent=3.0, forward_pool=512)
+    small, large = floor(algo, 3.0, 16, 40, 0), floor(algo, 3.0, 256, 40, 0)
+    assert small[False].min() > 0 and small[False].mean() > 4 * large[False].mean()
+    for v in (small[True], large[True]):  # unbiased: mean within 3 standard errors of 0
+        assert abs(float(v.mean())) < 3 * float(v.std()) / len(v) ** 0.5
+    assert abs(float(small[True].mean())) < 0.3 * float(small[False].mean())
