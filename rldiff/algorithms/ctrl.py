@@ -224,6 +224,7 @@ class CTRL:
         self.forward_weight, self.forward_batch, self.forward_t_weights = forward_weight, forward_batch, forward_t_weights
         self.forward_moment_weight, self.forward_moment_k = forward_moment_weight, forward_moment_k
         self.forward_moment_unbiased, self.forward_autocast = forward_moment_unbiased, forward_autocast
+        self.forward_moment_exponent = forward_moment_exponent
         if forward_weight:
             if mode != "backprop" or soft_labels:
                 raise ValueError("forward_weight > 0 (the forward anchor) needs mode='backprop' and hard labels")
@@ -239,7 +240,7 @@ class CTRL:
             exponent = forward_exponent if forward_exponent is not None else gamma / max(kl_weight, 1e-12)
             self._build_forward_pool(forward_source, exponent, forward_pool)
         if forward_moment_weight:
-            self.forward_moments = self._pool_moments(forward_moment_exponent)  # [K, V^k]
+            self.forward_moments = self._pool_moments()  # [K, V^k]
 
     # ------------------------------------------------------------------ protocol
     def modules(self) -> dict[str, nn.Module]:
@@ -334,15 +335,19 @@ class CTRL:
             return torch.softmax(exponent * log_p, 0)
         return torch.softmax(torch.where(own, (exponent - 1) * log_p, -torch.inf), 0)
 
+    def _moment_weights(self) -> Tensor:
+        """[N, K]: the pool's weights behind the moment target, toward p_pre p(k | x)^forward_moment_exponent
+        (None: the anchor's own exponent, `forward_weights`)."""
+        e = self.forward_moment_exponent
+        return self.forward_weights if e is None else self._pool_weights(e)
+
     @torch.no_grad()
-    def _pool_moments(self, exponent: float | None = None) -> Tensor:
-        """[K, V^k]: label k's k-mer frequencies under the pool's weights toward p_pre p(k | x)^exponent
-        (None: the anchor's own exponent) -- the target's, estimated."""
+    def _pool_moments(self) -> Tensor:
+        """[K, V^k]: label k's k-mer frequencies under `_moment_weights` -- the target's, estimated."""
         V, k = self.policy.vocab_size, self.forward_moment_k
         f = torch.cat([kmer_frequencies(self.policy.one_hot(c)[..., :V].double(), k)
                        for c in self.forward_x.split(1024)])  # [N, V^k]
-        w = self.forward_weights if exponent is None else self._pool_weights(exponent)
-        return (w.double().T @ f.cpu()).float().to(self.device)
+        return (self._moment_weights().double().T @ f.cpu()).float().to(self.device)
 
     def _moment_loss(self, x0: Tensor, y: Tensor) -> Tensor:
         """(L - k + 1) sum_y share_y chi2(batch moments_y || pool moments_y) / 2, differentiable in x0.

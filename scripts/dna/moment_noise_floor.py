@@ -23,20 +23,24 @@ from domains.dna.domain import build
 from rldiff.algorithms.ctrl import CTRL
 
 
-def floor(algo: CTRL, moment_exponent: float, batch: int, repeats: int, seed: int) -> dict[bool, torch.Tensor]:
-    """`moment_chi2` of `repeats` batches of `batch` rows drawn from the moment anchor's target (`algo`
-    built with `forward_moment_exponent=moment_exponent`), by estimator (False: batch chi-square,
-    True: unbiased); tensors of shape [repeats]."""
+def floor(algo: CTRL, batch: int, repeats: int, seed: int) -> dict[bool, torch.Tensor]:
+    """`moment_chi2` of `repeats` batches of `batch` rows drawn from the moment anchor's target, by
+    estimator (False: batch chi-square, True: unbiased); tensors of shape [repeats]. `algo`'s own
+    `forward_moment_unbiased` is left as it was."""
     g = torch.Generator().manual_seed(seed)
-    weights = algo._pool_weights(moment_exponent)  # [N, K]: the rows behind algo.forward_moments
+    weights = algo._moment_weights()  # [N, K]: the rows behind algo.forward_moments
     out: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(repeats):
-        y = torch.randint(algo.num_labels, (batch,), generator=g)
-        idx = torch.multinomial(weights.T[y], 1, generator=g).squeeze(1)
-        x0 = algo.policy.one_hot(algo.forward_x[idx]).to(algo.device)
-        for unbiased in out:
-            algo.forward_moment_unbiased = unbiased
-            out[unbiased].append(float(algo._moment_loss(x0, y.to(algo.device))))
+    setting = algo.forward_moment_unbiased
+    try:
+        for _ in range(repeats):
+            y = torch.randint(algo.num_labels, (batch,), generator=g)
+            idx = torch.multinomial(weights.T[y], 1, generator=g).squeeze(1)
+            x0 = algo.policy.one_hot(algo.forward_x[idx]).to(algo.device)
+            for unbiased in out:
+                algo.forward_moment_unbiased = unbiased
+                out[unbiased].append(float(algo._moment_loss(x0, y.to(algo.device))))
+    finally:
+        algo.forward_moment_unbiased = setting
     return {u: torch.tensor(v) for u, v in out.items()}
 
 
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| batch | batch chi-square | unbiased (pairs of rows) |")
     print("|---|---|---|")
     for b in args.batches:
-        v = floor(algo, args.moment_exponent, b, args.repeats, args.seed)
+        v = floor(algo, b, args.repeats, args.seed)
         print(f"| {b} | {v[False].mean():.2f} +- {v[False].std():.2f} | {v[True].mean():.2f} +- {v[True].std():.2f} |",
               flush=True)
 

@@ -73,7 +73,8 @@ def test_moment_noise_floor_batch_vs_unbiased(monkeypatch) -> None:
     domain = build(num_steps=10, label_chroms="classifier")
     algo = CTRL(domain, gamma=1.0, kl_weight=1.0, forward_weight=0.0, forward_moment_weight=1.0,
                 forward_moment_k=2, forward_exponent=30.0, forward_moment_exponent=3.0, forward_pool=512)
-    small, large = floor(algo, 3.0, 16, 40, 0), floor(algo, 3.0, 256, 40, 0)
+    small, large = floor(algo, 16, 40, 0), floor(algo, 256, 40, 0)
+    assert algo.forward_moment_unbiased is False  # the CTRL's own setting is restored
     assert small[False].min() > 0 and small[False].mean() > 4 * large[False].mean()
     for v in (small[True], large[True]):  # unbiased: mean within 3 standard errors of 0
         assert abs(float(v.mean())) < 3 * float(v.std()) / len(v) ** 0.5
